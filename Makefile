@@ -1,0 +1,60 @@
+# dermattn: every target creates .venv and installs the project on first use.
+#   make train EXP=metablock [DATA=pad_ufes20 DATA_DIR=/path] [ARGS="--trainer.max_epochs=2"] [RESUME=runs/.../last.ckpt]
+#   make predict CKPT=runs/metablock/<run>/checkpoints/last.ckpt [DATA=... DATA_DIR=...] [SPLIT=test] [OUT=preds.csv]
+#   make test        fast test suite (a few minutes on 2 CPU cores)
+#   make test-slow   the slow integration tests (DDP on CPU, longer runs)
+#   make bench       training and data-loading throughput of the default experiment
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+EXP ?= metablock
+DATA ?=
+DATA_DIR ?=
+ARGS ?=
+RESUME ?=
+CKPT ?=
+SPLIT ?= all
+OUT ?=
+
+# albumentations otherwise checks for updates over the network at import.
+export NO_ALBUMENTATIONS_UPDATE := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+DATA_ARGS := $(if $(DATA),--data.dataset=$(DATA) --config experiments/data/$(DATA).yaml) $(if $(DATA_DIR),--data.data_dir=$(DATA_DIR))
+
+.PHONY: help install train predict test test-slow bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project with its dev extras
+
+train: $(STAMP) ## train EXP (default metablock) on DATA (default: built-in synthetic)
+	$(PY) -m experiments.train --config experiments/$(EXP).yaml $(DATA_ARGS) $(if $(RESUME),--resume=$(RESUME)) $(ARGS)
+
+predict: $(STAMP) ## per-image class probabilities from CKPT on DATA/DATA_DIR (SPLIT=all|train|val|test)
+	@test -n "$(CKPT)" || { echo "usage: make predict CKPT=path/to.ckpt [DATA=... DATA_DIR=...] [SPLIT=all] [OUT=file.csv]"; exit 2; }
+	$(PY) -m experiments.predict --ckpt $(CKPT) $(if $(DATA),--dataset $(DATA)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --split $(SPLIT) $(if $(OUT),--out $(OUT))
+
+test: $(STAMP) ## fast test suite
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-slow: $(STAMP) ## slow integration tests (DDP on CPU, multi-epoch runs)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+bench: $(STAMP) ## training and data-loading images/s of the default experiment
+	$(PY) -m experiments.bench --config experiments/$(EXP).yaml $(ARGS)
+
+clean: ## remove run folders, caches and the virtual environment
+	rm -rf runs wandb lightning_logs .pytest_cache .cache $(VENV)
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,87 @@
+"""record -> (image, metadata vector, label[, lesion mask]) as a dict of tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from datamodules.metadata import MetadataEncoder
+from datamodules.records import DatasetError, LesionRecord
+
+
+def load_rgb(path: Path, dataset: str = "dataset", line: Optional[int] = None) -> np.ndarray:
+    """Any PNG/JPEG as an RGB uint8 array: EXIF rotation applied; RGBA, palette, grayscale,
+    16-bit converted. A missing or unreadable file names itself and its CSV line."""
+    where = f" (listed on line {line})" if line is not None else ""
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+                image = image.convert("RGBA")
+                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(background, image)
+            elif image.mode == "I;16" or image.mode == "I":
+                array = np.asarray(image, dtype=np.float32)
+                image = Image.fromarray((array / max(float(array.max()), 1.0) * 255).astype(np.uint8))
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise DatasetError(f"{dataset}: image file {path} does not exist{where}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DatasetError(f"{dataset}: cannot read image {path}{where}: {err}") from err
+
+
+def load_mask(path: Path, dataset: str = "dataset") -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return (np.asarray(image.convert("L")) > 127).astype(np.uint8)
+    except (OSError, UnidentifiedImageError) as err:
+        raise DatasetError(f"{dataset}: cannot read lesion mask {path}: {err}") from err
+
+
+class LesionDataset(Dataset):
+    """Items are dicts: ``image`` (3,H,W) float, ``meta`` (D,) float, ``label`` long, ``index``
+    (position in ``records``, to trace predictions back to image ids) and, when every record has
+    one, ``mask`` (H,W) float in {0, 1}."""
+
+    def __init__(
+        self,
+        records: Sequence[LesionRecord],
+        encoder: MetadataEncoder,
+        transform,
+        dataset: str = "dataset",
+    ):
+        self.records = list(records)
+        self.encoder = encoder  # shared: a checkpoint's encoder, once loaded, applies at once
+        self.transform = transform
+        self.dataset = dataset
+        self.with_masks = bool(self.records) and all(r.mask_path is not None for r in self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        image = load_rgb(record.image_path, self.dataset, record.line)
+        if self.with_masks:
+            mask = load_mask(record.mask_path, self.dataset)
+            if mask.shape != image.shape[:2]:
+                raise DatasetError(
+                    f"{self.dataset}: mask {record.mask_path} is {mask.shape}, image is {image.shape[:2]}"
+                )
+            out = self.transform(image=image, mask=mask)
+        else:
+            out = self.transform(image=image)
+        item = {
+            "image": out["image"],
+            "meta": torch.from_numpy(self.encoder.encode(record.meta)),
+            "label": torch.tensor(record.label, dtype=torch.long),
+            "index": torch.tensor(index, dtype=torch.long),
+        }
+        if self.with_masks:
+            item["mask"] = torch.as_tensor(out["mask"], dtype=torch.float32)
+        return item

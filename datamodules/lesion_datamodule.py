@@ -1,0 +1,196 @@
+"""The LightningDataModule that ties reader, split, metadata encoder and transforms together.
+
+Flow: ``read_table`` (CSV rows -> records) -> ``split_indices`` (patient-grouped folds) ->
+``MetadataEncoder.fit`` on the training records -> ``LesionDataset`` per split.
+
+The model needs ``num_classes``, ``meta_dim``, ``class_names`` and ``class_weights`` before it is
+built; they are properties here that load the table on first access (the CLI links them into
+the model's arguments).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from datamodules.dataset import LesionDataset
+from datamodules.metadata import MetadataEncoder
+from datamodules.records import DatasetError, LesionRecord, LesionTable
+from datamodules.sources import DATASETS, read_table
+from datamodules.splits import SPLITS, split_indices
+from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+
+
+class LesionDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        dataset: str = "synthetic",
+        data_dir: Optional[str] = None,
+        source_options: Optional[dict[str, Any]] = None,
+        meta_features: Optional[list[str]] = None,
+        fold: int = 0,
+        n_folds: int = 5,
+        split_seed: int = 0,
+        image_size: int = 224,
+        augment: str = "isic",
+        normalize_mean: tuple[float, float, float] = IMAGENET_MEAN,
+        normalize_std: tuple[float, float, float] = IMAGENET_STD,
+        balanced_sampler: bool = False,
+        batch_size: int = 32,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 2,
+        predict_split: str = "test",
+    ):
+        """
+        Args:
+            dataset: ``synthetic`` (built in, generated on first use), ``pad_ufes20``,
+                ``isic2019``, ``isic2020`` or ``ham10000``.
+            data_dir: the dataset's folder as downloaded; for ``synthetic``, the cache root
+                (default ``~/.cache/dermattn`` or ``$DERMATTN_CACHE``).
+            source_options: reader options, e.g. ``{task: diagnosis}`` for ISIC 2020 or
+                ``{n_patients: 600, seed: 1}`` for the synthetic generator.
+            meta_features: metadata columns to use (``[]`` for none); ``None`` is the dataset's
+                published default set.
+            fold: which of ``n_folds`` patient-grouped folds is the test split (the next one is
+                validation).
+            balanced_sampler: draw training batches with inverse class-frequency weights.
+            predict_split: records used by ``predict``: ``train``, ``val``, ``test`` or ``all``.
+        """
+        super().__init__()
+        if dataset not in DATASETS:
+            raise DatasetError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
+        if predict_split not in (*SPLITS, "all"):
+            raise ValueError(f"predict_split must be one of {(*SPLITS, 'all')}, got {predict_split!r}")
+        self.save_hyperparameters()
+        self.datasets: dict[str, LesionDataset] = {}
+
+    # -- records, splits and the metadata encoder (loaded once, on first use) -------------------
+    @cached_property
+    def table(self) -> LesionTable:
+        hp = self.hparams
+        return read_table(hp.dataset, hp.data_dir, **(hp.source_options or {}))
+
+    @cached_property
+    def split_records(self) -> dict[str, list[LesionRecord]]:
+        hp = self.hparams
+        indices = split_indices(self.table.records, hp.fold, hp.n_folds, hp.split_seed, hp.dataset)
+        out = {name: [self.table.records[i] for i in idx] for name, idx in indices.items()}
+        absent = [
+            self.table.class_names[k]
+            for k in range(len(self.table.class_names))
+            if not any(r.label == k for r in out["train"])
+        ]
+        if absent:
+            raise DatasetError(
+                f"{hp.dataset}: class(es) {absent} have no training image in fold {hp.fold}/{hp.n_folds}"
+            )
+        return out
+
+    @cached_property
+    def encoder(self) -> MetadataEncoder:
+        numeric, categorical = self.table.split_features(self.hparams.meta_features)
+        return MetadataEncoder(numeric, categorical).fit(self.split_records["train"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.table.class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.table.class_names)
+
+    @property
+    def meta_dim(self) -> int:
+        return self.encoder.dim
+
+    @property
+    def class_weights(self) -> list[float]:
+        """``n / (K * n_c)`` on the training split: a class-frequency-weighted loss."""
+        counts = np.bincount([r.label for r in self.split_records["train"]], minlength=self.num_classes)
+        return [float(len(self.split_records["train"]) / (self.num_classes * c)) for c in counts]
+
+    def records(self, split: str) -> list[LesionRecord]:
+        # "all" needs no split: predicting on a new dataset must not require a valid K-fold.
+        return list(self.table.records) if split == "all" else self.split_records[split]
+
+    # -- Lightning hooks -----------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        # Generates the synthetic data (once, in the cache) or validates the CSVs and image files.
+        _ = self.table
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        hp = self.hparams
+        eval_tf = build_transforms(False, hp.image_size, hp.augment, hp.normalize_mean, hp.normalize_std)
+        train_tf = build_transforms(True, hp.image_size, hp.augment, hp.normalize_mean, hp.normalize_std)
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": (hp.predict_split,)}
+        for split in wanted.get(stage, (*SPLITS, hp.predict_split)):
+            transform = train_tf if split == "train" else eval_tf
+            self.datasets[split] = LesionDataset(self.records(split), self.encoder, transform, hp.dataset)
+
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        hp = self.hparams
+        sampler = None
+        if train and hp.balanced_sampler:
+            labels = np.array([r.label for r in self.records("train")])
+            weights = 1.0 / np.bincount(labels, minlength=self.num_classes)[labels]
+            generator = torch.Generator().manual_seed(hp.split_seed)
+            sampler = WeightedRandomSampler(weights.tolist(), len(labels), replacement=True, generator=generator)
+        return DataLoader(
+            self.datasets[split],
+            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train and len(self.datasets[split]) > hp.batch_size,  # BatchNorm needs > 1 sample
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.predict_split)
+
+    # -- checkpoint state: the fitted encoder travels with the weights ------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "encoder": self.encoder.state_dict(),
+            "class_names": self.class_names,
+            "feature_names": self.encoder.feature_names,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if list(state["class_names"]) != self.class_names:
+            raise DatasetError(
+                f"checkpoint was trained on classes {state['class_names']}, "
+                f"but {self.hparams.dataset} has {self.class_names}"
+            )
+        encoder = state["encoder"]
+        self.table.split_features(list(encoder["numeric"]) + list(encoder["categorical"]))  # columns exist?
+        if "encoder" in self.__dict__:
+            # Datasets built in setup() hold this encoder: updating it in place reaches them.
+            self.encoder.load_state_dict(encoder)
+        else:  # no need to fit on a training split first (predicting on a new dataset)
+            self.__dict__["encoder"] = MetadataEncoder.from_state_dict(encoder)
+
+    def describe(self) -> str:
+        counts = {s: len(self.records(s)) for s in SPLITS}
+        return (
+            f"{self.hparams.dataset} from {Path(self.table.csv_path).parent}: {len(self.table.records)} images, "
+            f"{len({r.group for r in self.table.records})} groups, classes {self.class_names}, "
+            f"split {counts} (fold {self.hparams.fold}/{self.hparams.n_folds}), "
+            f"{self.meta_dim} metadata features"
+        )

@@ -1,0 +1,64 @@
+"""The canonical record: one image, whatever dataset it came from.
+
+Every reader in :mod:`datamodules.sources` turns its CSV rows into :class:`LesionRecord` s and
+returns them in a :class:`LesionTable`, so splits, metadata encoding and the ``Dataset`` never
+look at a dataset-specific column name again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+#: A raw metadata value as read from the CSV: a category string, a number, or ``None`` (missing).
+MetaValue = Union[str, float, None]
+
+
+class DatasetError(ValueError):
+    """Bad input: the message names the dataset, the file and, where there is one, the row/column."""
+
+
+@dataclass(frozen=True)
+class LesionRecord:
+    image_id: str
+    image_path: Path
+    label: int
+    #: Patient id, or lesion id where the dataset has no patient id; splits never cut a group.
+    group: str
+    #: Raw metadata, keyed by the dataset's own column names (missing values are ``None``).
+    meta: Mapping[str, MetaValue]
+    #: Line number in the source CSV (header = line 1), for error messages.
+    line: int
+    #: Binary lesion mask (synthetic data has one per image), used to score attention maps.
+    mask_path: Optional[Path] = None
+
+
+@dataclass
+class LesionTable:
+    """All records of one dataset plus what is needed to interpret their metadata."""
+
+    dataset: str
+    csv_path: Path
+    class_names: list[str]
+    records: list[LesionRecord]
+    #: Every metadata column the reader parsed, by kind: numbers are standardised by the encoder,
+    #: categories one-hot encoded with a missing/unknown state.
+    numeric_columns: list[str]
+    categorical_columns: list[str]
+    #: The feature set used when the config does not name one (the published setting).
+    default_features: list[str] = field(default_factory=list)
+
+    def split_features(self, names: Optional[list[str]] = None) -> tuple[list[str], list[str]]:
+        """``(numeric, categorical)`` feature names for ``names`` (``None``: the default set)."""
+        names = self.default_features if names is None else list(names)
+        known = self.numeric_columns + self.categorical_columns
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise DatasetError(
+                f"{self.dataset}: metadata feature(s) {unknown} are not columns of {self.csv_path}; "
+                f"available: {known}"
+            )
+        return [n for n in names if n in self.numeric_columns], [
+            n for n in names if n in self.categorical_columns
+        ]

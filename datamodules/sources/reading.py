@@ -1,0 +1,226 @@
+"""What every dataset reader needs: strict CSV reading, value parsing and finding image files.
+
+The rules here are the "careful loader" of ``reference/datasets.md``: blank / ``UNK`` /
+``unknown`` mean missing, explicitly; values outside a column's documented vocabulary stop with an
+error naming the file, line and column; nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import pandas as pd
+
+from datamodules.records import DatasetError, LesionRecord, MetaValue
+
+MISSING_TOKENS = {"", "unk", "unknown", "nan", "none", "na", "n/a"}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def require_dir(dataset: str, data_dir: Optional[str | Path]) -> Path:
+    if data_dir is None or str(data_dir) == "":
+        raise DatasetError(f"{dataset}: no data_dir given; set --data.data_dir (make ... DATA_DIR=...)")
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise DatasetError(f"{dataset}: data_dir {path} does not exist or is not a folder")
+    return path
+
+
+def find_file(dataset: str, data_dir: Path, candidates: Sequence[str]) -> Path:
+    """The first of ``candidates`` (relative names) present in ``data_dir``."""
+    for name in candidates:
+        if (data_dir / name).is_file():
+            return data_dir / name
+    raise DatasetError(f"{dataset}: none of {list(candidates)} found in {data_dir}")
+
+
+def read_csv(dataset: str, path: Path, required: Iterable[str]) -> pd.DataFrame:
+    """Read every cell as a string (blank stays ``""``) and check the required columns."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{dataset}: cannot read {path}: {err}") from err
+    frame.columns = [c.strip() for c in frame.columns]
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DatasetError(
+            f"{dataset}: {path} lacks required column(s) {missing}; it has {list(frame.columns)}"
+        )
+    if frame.empty:
+        raise DatasetError(f"{dataset}: {path} has no data rows")
+    return frame
+
+
+def line_of(row_index: int) -> int:
+    """CSV line number of a data row (the header is line 1)."""
+    return int(row_index) + 2
+
+
+def is_missing(value: str) -> bool:
+    return value.strip().lower() in MISSING_TOKENS
+
+
+def parse_number(dataset: str, path: Path, column: str, row_index: int, value: str) -> Optional[float]:
+    if is_missing(value):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise DatasetError(
+            f"{dataset}: {path} line {line_of(row_index)}, column '{column}': "
+            f"expected a number, got {value!r}"
+        ) from None
+
+
+def parse_category(
+    dataset: str,
+    path: Path,
+    column: str,
+    row_index: int,
+    value: str,
+    vocabulary: Optional[Iterable[str]] = None,
+) -> Optional[str]:
+    """A category string normalised for comparison, or ``None`` when missing.
+
+    With a ``vocabulary`` (the values the dataset documents), anything else is an error rather
+    than a new category: a typo in a CSV must not become a feature silently.
+    """
+    if is_missing(value):
+        return None
+    value = value.strip()
+    if value.replace(".", "", 1).isdigit():  # "2", "2.0" -> "2" (Fitzpatrick type is stored as float)
+        value = str(int(float(value)))
+    if vocabulary is not None:
+        allowed = {v.lower(): v for v in vocabulary}
+        if value.lower() not in allowed:
+            raise DatasetError(
+                f"{dataset}: {path} line {line_of(row_index)}, column '{column}': unknown category "
+                f"{value!r}; expected one of {sorted(allowed.values())} or blank/UNK for missing"
+            )
+        value = allowed[value.lower()]
+    return value
+
+
+def parse_metadata(
+    dataset: str,
+    path: Path,
+    frame: pd.DataFrame,
+    numeric: Sequence[str],
+    categorical: dict[str, Optional[Sequence[str]]],
+) -> list[dict[str, MetaValue]]:
+    """Parse the metadata columns of every row (columns absent from the file are all missing)."""
+    rows: list[dict[str, MetaValue]] = [{} for _ in range(len(frame))]
+    for column in numeric:
+        if column not in frame.columns:
+            continue
+        for i, value in enumerate(frame[column].tolist()):
+            rows[i][column] = parse_number(dataset, path, column, i, value)
+    for column, vocabulary in categorical.items():
+        if column not in frame.columns:
+            continue
+        for i, value in enumerate(frame[column].tolist()):
+            rows[i][column] = parse_category(dataset, path, column, i, value, vocabulary)
+    return rows
+
+
+def parse_labels(
+    dataset: str, path: Path, frame: pd.DataFrame, column: str, class_names: Sequence[str]
+) -> list[int]:
+    """Class indices of ``column``; an unknown or blank label stops with every offending line."""
+    lookup = {name.lower(): k for k, name in enumerate(class_names)}
+    labels, bad = [], []
+    for i, value in enumerate(frame[column].tolist()):
+        k = lookup.get(value.strip().lower())
+        if k is None:
+            bad.append((line_of(i), value))
+        labels.append(k)
+    if bad:
+        shown = ", ".join(f"line {n}: {v!r}" for n, v in bad[:10])
+        raise DatasetError(
+            f"{dataset}: {path} column '{column}' has {len(bad)} unknown label(s) ({shown}"
+            f"{', ...' if len(bad) > 10 else ''}); expected one of {list(class_names)}"
+        )
+    return labels
+
+
+class ImageIndex:
+    """Maps image ids (file stems) to files found under a dataset's image folders.
+
+    Datasets ship their images split over several folders (``imgs_part_1..3``,
+    ``HAM10000_images_part1/2``); users often flatten them. The index looks in every candidate
+    folder that exists, recursively, so both layouts load unchanged.
+    """
+
+    def __init__(self, dataset: str, data_dir: Path, folders: Sequence[str]):
+        self.dataset = dataset
+        self.searched = [data_dir / f for f in folders if (data_dir / f).is_dir()]
+        if not self.searched:
+            raise DatasetError(
+                f"{dataset}: no image folder found in {data_dir}; looked for {list(folders)}"
+            )
+        self.by_stem: dict[str, Path] = {}
+        for folder in self.searched:
+            for path in sorted(folder.rglob("*")):
+                if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                    self.by_stem.setdefault(path.stem, path)
+                    self.by_stem.setdefault(path.name, path)
+
+    def resolve_all(self, csv_path: Path, image_ids: Sequence[str]) -> list[Path]:
+        """The file of every id; every missing one is reported (with its CSV line) at once."""
+        paths, missing = [], []
+        for i, image_id in enumerate(image_ids):
+            path = self.by_stem.get(image_id) or self.by_stem.get(Path(image_id).stem)
+            if path is None:
+                missing.append((line_of(i), image_id))
+            paths.append(path)
+        if missing:
+            shown = ", ".join(f"{name} (line {n})" for n, name in missing[:10])
+            raise DatasetError(
+                f"{self.dataset}: {len(missing)} image(s) listed in {csv_path} are missing from "
+                f"{[str(p) for p in self.searched]}: {shown}{', ...' if len(missing) > 10 else ''}"
+            )
+        return paths
+
+
+def check_unique(dataset: str, path: Path, frame: pd.DataFrame, column: str) -> None:
+    duplicated = frame[column][frame[column].duplicated(keep=False)]
+    if len(duplicated):
+        first = duplicated.index[:5]
+        shown = ", ".join(f"line {line_of(i)}: {frame[column][i]!r}" for i in first)
+        raise DatasetError(f"{dataset}: {path} column '{column}' has duplicate ids ({shown})")
+
+
+def check_nonblank(dataset: str, path: Path, frame: pd.DataFrame, column: str) -> None:
+    blank = [line_of(i) for i, v in enumerate(frame[column].tolist()) if not v.strip()]
+    if blank:
+        raise DatasetError(
+            f"{dataset}: {path} column '{column}' is blank on line(s) {blank[:10]}"
+            f"{' ...' if len(blank) > 10 else ''}"
+        )
+
+
+def make_records(
+    image_ids: Sequence[str],
+    paths: Sequence[Path],
+    labels: Sequence[int],
+    groups: Sequence[str],
+    meta: Sequence[dict[str, MetaValue]],
+    masks: Optional[Sequence[Optional[Path]]] = None,
+) -> list[LesionRecord]:
+    """One record per CSV row, in file order (``line`` points back at the row)."""
+    masks = masks if masks is not None else [None] * len(image_ids)
+    return [
+        LesionRecord(
+            image_id=Path(image_id).stem,
+            image_path=path,
+            label=label,
+            group=group,
+            meta=row_meta,
+            line=line_of(i),
+            mask_path=mask,
+        )
+        for i, (image_id, path, label, group, row_meta, mask) in enumerate(
+            zip(image_ids, paths, labels, groups, meta, masks)
+        )
+    ]

@@ -1,0 +1,382 @@
+"""The built-in synthetic lesion dataset, written in PAD-UFES-20's on-disk format.
+
+A newcomer without data trains on it; tests use it. It is generated deterministically from a
+seed into a cache folder on first use (a few seconds), and read back by the real PAD-UFES-20
+reader, plus a lesion mask per image (``masks/``) for scoring attention maps.
+
+The generator's rules (also in the README):
+
+* **Patients, lesions, images** as in PAD-UFES-20: most patients have one lesion, some two or
+  three; a lesion has one or two photos (re-framed, re-lit). Class frequencies follow PAD
+  (ACK 32 %, BCC 37 %, MEL 2 %, NEV 11 %, SCC 8 %, SEK 10 %).
+* **ABCD cues per class**: Asymmetry (low-frequency warping of the outline), Border irregularity
+  (high-frequency ripples, sharp or blurred edge), Colour variegation (one to four colours mixed
+  by a smooth random field), Diameter (lesion size in the frame and ``diameter_1/2`` in mm).
+
+  ==== =========================================================================================
+  NEV  small, round, symmetric, smooth sharp border, one even brown
+  SEK  medium, "stuck-on" sharp border, tan with bright keratin dots and dark cracks
+  MEL  large, asymmetric, ragged border, two to four colours (brown, black, blue-grey, red)
+  BCC  pink pearly nodule, bright rolled rim, red branching vessels, sometimes a dark ulcer
+  ACK  red scaly patch, blurred border, white scale flecks
+  SCC  drawn by exactly the same rules as ACK: **only the metadata tells them apart**
+       (SCC bleeds, is raised, grew and hurts far more often, in older patients, and is larger)
+  ==== =========================================================================================
+
+  NEV and SEK also overlap partly (a share of naevi are textured); age separates them (SEK in
+  older patients).
+* **Distractors independent of the label**: hairs, ruler marks, dark vignetted corners, skin
+  tone from the Fitzpatrick type, uneven lighting, sensor noise, random framing and rotation.
+* **Format quirks** of the real data: varying square sizes, a few RGBA PNGs, ``UNK`` answers and
+  blank history fields, exactly PAD-UFES-20's 26 columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from datamodules.sources import pad_ufes20
+
+GENERATOR_VERSION = 1
+CLASS_PRIOR = {"ACK": 0.318, "BCC": 0.368, "MEL": 0.023, "NEV": 0.106, "SCC": 0.084, "SEK": 0.101}
+MASK_FOLDER = "masks"
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    n_patients: int = 1200
+    seed: int = 0
+    min_size: int = 112
+    max_size: int = 176
+    rgba_fraction: float = 0.03
+
+
+def default_cache_root() -> Path:
+    root = os.environ.get("DERMATTN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "dermattn"
+    )
+    return Path(root)
+
+
+def dataset_dir(config: SyntheticConfig, cache_root: Optional[Path] = None) -> Path:
+    key = hashlib.sha1(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:10]
+    return Path(cache_root or default_cache_root()) / f"synthetic-v{GENERATOR_VERSION}-{key}"
+
+
+def ensure_generated(config: SyntheticConfig, cache_root: Optional[Path] = None) -> Path:
+    """Generate the dataset unless the cache has it; safe when several processes race (DDP)."""
+    target = dataset_dir(config, cache_root)
+    if (target / "metadata.csv").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "metadata.csv").is_file():
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+            try:
+                generate(config, staging)
+                if target.exists():  # a half-written folder from an interrupted older version
+                    shutil.rmtree(target)
+                os.rename(staging, target)  # atomic: readers see all of it or nothing
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def generate(config: SyntheticConfig, out_dir: Path) -> None:
+    """Write ``metadata.csv``, ``images/`` and ``masks/`` for ``config`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / MASK_FOLDER).mkdir(parents=True, exist_ok=True)
+    rows = sample_metadata(config)
+    for i, row in enumerate(rows):
+        rng = np.random.default_rng([config.seed, 1, i])
+        image, mask = render_lesion(row, rng, config)
+        name = row["img_id"]
+        if rng.random() < config.rgba_fraction:
+            alpha = np.full(image.shape[:2] + (1,), 255, np.uint8)
+            picture = Image.fromarray(np.concatenate([image, alpha], axis=2), "RGBA")
+        else:
+            picture = Image.fromarray(image)
+        picture.save(out_dir / "images" / name, compress_level=1)  # speed over file size
+        Image.fromarray(mask * 255).save(out_dir / MASK_FOLDER / name, compress_level=1)
+    with open(out_dir / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=pad_ufes20.COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row[k] for k in pad_ufes20.COLUMNS})
+    (out_dir / "generator.json").write_text(
+        json.dumps({"version": GENERATOR_VERSION, **asdict(config), "images": len(rows)}, indent=2)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Metadata: patients -> lesions -> images
+# --------------------------------------------------------------------------------------------
+
+#: Per class: mean/sd of age, P(True) of the six questions, diameter mean (mm), likely regions.
+CLASS_METADATA = {
+    "ACK": dict(age=(64, 11), itch=0.55, grew=0.25, hurt=0.15, changed=0.10, bleed=0.10,
+                elevation=0.30, diameter=6, regions=["FACE", "FOREARM", "ARM", "HAND", "NOSE", "SCALP"]),
+    "SCC": dict(age=(69, 10), itch=0.45, grew=0.85, hurt=0.60, changed=0.45, bleed=0.75,
+                elevation=0.85, diameter=11, regions=["FACE", "FOREARM", "ARM", "HAND", "NOSE", "LIP"]),
+    "BCC": dict(age=(62, 12), itch=0.30, grew=0.60, hurt=0.20, changed=0.30, bleed=0.45,
+                elevation=0.60, diameter=9, regions=["FACE", "NOSE", "BACK", "CHEST", "NECK", "EAR"]),
+    "MEL": dict(age=(56, 14), itch=0.25, grew=0.80, hurt=0.15, changed=0.75, bleed=0.30,
+                elevation=0.40, diameter=12, regions=["BACK", "CHEST", "ARM", "THIGH", "FACE"]),
+    "NEV": dict(age=(31, 12), itch=0.10, grew=0.20, hurt=0.05, changed=0.15, bleed=0.05,
+                elevation=0.45, diameter=5, regions=["BACK", "CHEST", "ABDOMEN", "FACE", "ARM"]),
+    "SEK": dict(age=(66, 10), itch=0.40, grew=0.35, hurt=0.05, changed=0.15, bleed=0.05,
+                elevation=0.70, diameter=9, regions=["BACK", "CHEST", "FACE", "ABDOMEN", "NECK"]),
+}  # fmt: skip
+QUESTIONS = ["itch", "grew", "hurt", "changed", "bleed", "elevation"]
+BACKGROUNDS = ["POMERANIA", "GERMANY", "BRAZIL", "ITALY", "NETHERLANDS", "POLAND", "PORTUGAL"]
+
+
+def _age_likelihood(cls: str, age: float) -> float:
+    mean, sd = CLASS_METADATA[cls]["age"]
+    return math.exp(-0.5 * ((age - mean) / sd) ** 2) / sd
+
+
+def sample_metadata(config: SyntheticConfig) -> list[dict]:
+    """Rows in PAD-UFES-20's columns, ordered patient by patient."""
+    rng = np.random.default_rng([config.seed, 0])
+    classes = list(CLASS_PRIOR)
+    prior = np.array([CLASS_PRIOR[c] for c in classes])
+    rows, lesion_counter, image_counter = [], 0, 0
+    for patient in range(config.n_patients):
+        first = classes[rng.choice(len(classes), p=prior / prior.sum())]
+        mean, sd = CLASS_METADATA[first]["age"]
+        age = int(np.clip(round(rng.normal(mean, sd)), 6, 95))
+        biopsied = rng.random() < 0.6  # history fields are blank for non-biopsied rows, as in PAD
+        patient_fields = {
+            "patient_id": f"PAT_{patient + 1}",
+            "age": str(age),
+            "gender": rng.choice(["MALE", "FEMALE"]) if biopsied else "",
+            "smoke": _bool(rng, 0.15) if biopsied else "",
+            "drink": _bool(rng, 0.3) if biopsied else "",
+            "pesticide": _bool(rng, 0.3) if biopsied else "",
+            "skin_cancer_history": _bool(rng, 0.45) if biopsied else "",
+            "cancer_history": _bool(rng, 0.5) if biopsied else "",
+            "has_piped_water": _bool(rng, 0.7) if biopsied else "",
+            "has_sewage_system": _bool(rng, 0.5) if biopsied else "",
+            "background_father": rng.choice(BACKGROUNDS) if biopsied else "",
+            "background_mother": rng.choice(BACKGROUNDS) if biopsied else "",
+            "fitspatrick": f"{float(rng.choice([1, 2, 3, 4, 5, 6], p=[.12, .45, .28, .1, .04, .01])):.1f}"
+            if biopsied else "",
+        }  # fmt: skip
+        n_lesions = int(rng.choice([1, 2, 3], p=[0.82, 0.14, 0.04]))
+        for k in range(n_lesions):
+            if k == 0:
+                cls = first
+            else:  # further lesions of the same patient agree with the patient's age
+                weights = prior * np.array([_age_likelihood(c, age) for c in classes])
+                cls = classes[rng.choice(len(classes), p=weights / weights.sum())]
+            spec = CLASS_METADATA[cls]
+            lesion_counter += 1
+            d1 = max(1.0, rng.normal(spec["diameter"], spec["diameter"] * 0.3))
+            lesion_fields = {
+                "lesion_id": str(lesion_counter),
+                "diagnostic": cls,
+                "region": rng.choice(spec["regions"]) if rng.random() < 0.8 else rng.choice(pad_ufes20.REGIONS),
+                "diameter_1": f"{d1:.1f}" if biopsied else "",
+                "diameter_2": f"{d1 * rng.uniform(0.6, 1.0):.1f}" if biopsied else "",
+                "biopsed": str(biopsied or cls in ("BCC", "MEL", "SCC")),
+                "_diameter": d1,
+            }
+            for q in QUESTIONS:
+                lesion_fields[q] = "UNK" if rng.random() < 0.05 else _bool(rng, spec[q])
+            n_images = int(rng.choice([1, 2], p=[0.7, 0.3]))
+            for _ in range(n_images):
+                image_counter += 1
+                rows.append({
+                    **patient_fields,
+                    **lesion_fields,
+                    "img_id": f"PAT_{patient + 1}_{lesion_counter}_{image_counter}.png",
+                })
+    return rows
+
+
+def _bool(rng: np.random.Generator, p_true: float) -> str:
+    return "True" if rng.random() < p_true else "False"
+
+
+# --------------------------------------------------------------------------------------------
+# Pictures
+# --------------------------------------------------------------------------------------------
+
+SKIN = np.array([
+    [0.96, 0.84, 0.76], [0.92, 0.77, 0.66], [0.84, 0.66, 0.53],
+    [0.70, 0.52, 0.40], [0.52, 0.37, 0.27], [0.36, 0.25, 0.18],
+])  # fmt: skip
+BROWN = np.array([0.50, 0.33, 0.22])
+TAN = np.array([0.66, 0.50, 0.34])
+MEL_PALETTE = np.array([[0.38, 0.22, 0.13], [0.12, 0.08, 0.08], [0.38, 0.42, 0.52], [0.60, 0.27, 0.22]])
+PINK = np.array([0.93, 0.68, 0.68])
+RED = np.array([0.80, 0.40, 0.36])
+
+
+def _smooth_field(rng: np.random.Generator, size: int, scale: int) -> np.ndarray:
+    """A smooth random field in [0, 1] (upsampled low-resolution noise)."""
+    coarse = rng.random((scale, scale)).astype(np.float32)
+    field = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+    field -= field.min()
+    return field / max(float(field.max()), 1e-6)
+
+
+def _outline(rng, asymmetry: float, ripple: float, samples: int = 720) -> tuple[np.ndarray, np.ndarray]:
+    """Radius multiplier per angle: low harmonics warp the shape, high ones ripple the border.
+
+    Returned as a table over ``samples`` angles (looked up per pixel), which is far cheaper
+    than evaluating the harmonics on every pixel.
+    """
+    angles = np.linspace(-np.pi, np.pi, samples + 1, dtype=np.float32)
+    r = np.ones_like(angles)
+    for k in (1, 2, 3):
+        r += asymmetry * rng.uniform(0.3, 1.0) / k * np.cos(k * angles + rng.uniform(0, 2 * np.pi))
+    for k in range(5, 16):
+        r += ripple * rng.uniform(0, 1.0) * 3 / k * np.cos(k * angles + rng.uniform(0, 2 * np.pi))
+    r[-1] = r[0]  # periodic
+    return angles, np.clip(r, 0.35, None)
+
+
+def render_lesion(row: dict, rng: np.random.Generator, config: SyntheticConfig):
+    """One RGB uint8 image and its binary uint8 lesion mask for a metadata row."""
+    cls = row["diagnostic"]
+    size = int(rng.integers(config.min_size, config.max_size + 1))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    fitz = int(float(row["fitspatrick"])) if row["fitspatrick"] else int(rng.choice([2, 3]))
+    skin = np.clip(SKIN[fitz - 1] * (1 + rng.normal(0, 0.03, 3)), 0, 1)
+    image = np.broadcast_to(skin, (size, size, 3)).copy()
+    image *= (0.92 + 0.08 * _smooth_field(rng, size, 4))[..., None]  # skin mottling
+
+    # Diameter: bigger lesions fill more of the frame, through a random camera zoom.
+    zoom = rng.uniform(0.75, 1.3)
+    base = {"NEV": 0.15, "SEK": 0.22, "MEL": 0.30, "BCC": 0.22, "ACK": 0.24, "SCC": 0.24}[cls]
+    radius = size * float(np.clip(base * zoom * rng.uniform(0.85, 1.15), 0.1, 0.4))
+    cx, cy = size / 2 + rng.normal(0, size * 0.06, 2)
+    theta = np.arctan2(yy - cy, xx - cx)
+    dist = np.hypot(xx - cx, yy - cy)
+    aspect = rng.uniform(0.8, 1.0)
+    rot = rng.uniform(0, np.pi)
+    dist = dist * np.sqrt(np.cos(theta - rot) ** 2 + (np.sin(theta - rot) / aspect) ** 2)
+
+    asym, ripple, softness = {
+        "NEV": (0.04, 0.01, 0.8),
+        "SEK": (0.08, 0.02, 0.8),
+        "MEL": (0.30, 0.10, 1.2),
+        "BCC": (0.08, 0.03, 1.5),
+        "ACK": (0.15, 0.04, 4.5),
+        "SCC": (0.15, 0.04, 4.5),
+    }[cls]
+    angles, table = _outline(rng, asym, ripple)
+    r_theta = radius * np.interp(theta, angles, table).astype(np.float32)
+    inside = 1.0 / (1.0 + np.exp(-(r_theta - dist) / softness))  # soft lesion alpha
+    mask = (dist <= r_theta).astype(np.uint8)
+
+    lesion = _lesion_colour(cls, rng, size, dist, r_theta)
+    alpha = inside * {"BCC": 0.8, "ACK": 0.75, "SCC": 0.75}.get(cls, 0.95)
+    image = image * (1 - alpha[..., None]) + lesion * alpha[..., None]
+    image = _class_details(cls, rng, image, mask, dist, r_theta, cx, cy)
+    image = _distractors(rng, image)
+    image = np.clip(image + rng.normal(0, 0.015, image.shape), 0, 1)
+    return (image * 255).astype(np.uint8), mask
+
+
+def _lesion_colour(cls, rng, size, dist, r_theta) -> np.ndarray:
+    field = _smooth_field(rng, size, 6)[..., None]
+    if cls == "NEV":
+        colour = BROWN * rng.uniform(0.7, 1.15) * (1 + rng.normal(0, 0.04, 3))
+        return np.clip(colour * (0.95 + 0.1 * field), 0, 1)
+    if cls == "SEK":
+        colour = TAN * rng.uniform(0.75, 1.15) * (1 + rng.normal(0, 0.04, 3))
+        return colour * (0.9 + 0.2 * field)
+    if cls == "MEL":
+        n = int(rng.integers(2, 5))
+        picks = MEL_PALETTE[rng.choice(len(MEL_PALETTE), size=n, replace=False)]
+        level = np.clip((_smooth_field(rng, size, 5) * n).astype(int), 0, n - 1)
+        return picks[level] * (0.9 + 0.2 * field)
+    if cls == "BCC":
+        rim = np.exp(-((dist - 0.85 * r_theta) ** 2) / (2 * (0.12 * r_theta) ** 2))[..., None]
+        return np.clip(PINK * (0.95 + 0.1 * field) + 0.12 * rim, 0, 1)
+    # ACK and SCC: the same red scaly patch
+    return RED * rng.uniform(0.85, 1.1) * (0.85 + 0.3 * field)
+
+
+def _class_details(cls, rng, image, mask, dist, r_theta, cx, cy) -> np.ndarray:
+    size = image.shape[0]
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return image
+    if cls == "SEK" or (cls == "NEV" and rng.random() < 0.2):
+        # keratin dots (bright) and fissures (dark); a fifth of naevi get a few dots too
+        for _ in range(int(rng.integers(8, 20)) if cls == "SEK" else int(rng.integers(2, 6))):
+            j = rng.integers(len(ys))
+            cv2.circle(image, (int(xs[j]), int(ys[j])), int(rng.integers(1, 3)),
+                       tuple(float(v) for v in np.clip(TAN + 0.25, 0, 1)), -1, cv2.LINE_AA)
+        for _ in range(int(rng.integers(2, 5)) if cls == "SEK" else 0):
+            j = rng.integers(len(ys))
+            end = (int(xs[j] + rng.normal(0, size * 0.06)), int(ys[j] + rng.normal(0, size * 0.06)))
+            cv2.line(image, (int(xs[j]), int(ys[j])), end, (0.3, 0.2, 0.12), 1, cv2.LINE_AA)
+    elif cls == "BCC":
+        for _ in range(int(rng.integers(2, 5))):  # branching vessels
+            angle = rng.uniform(0, 2 * np.pi)
+            start = np.array([cx, cy]) + rng.uniform(0, 0.5) * r_theta.max() * np.array([np.cos(angle), np.sin(angle)])
+            points = [start]
+            for _ in range(4):
+                angle += rng.normal(0, 0.6)
+                points.append(points[-1] + rng.uniform(2, size * 0.05) * np.array([np.cos(angle), np.sin(angle)]))
+            cv2.polylines(image, [np.array(points, np.int32)], False, (0.75, 0.1, 0.15), 1, cv2.LINE_AA)
+        if rng.random() < 0.4:  # ulcer
+            cv2.circle(image, (int(cx), int(cy)), max(2, int(0.25 * np.median(r_theta))),
+                       (0.45, 0.15, 0.12), -1, cv2.LINE_AA)
+    elif cls in ("ACK", "SCC"):
+        for _ in range(int(rng.integers(10, 25))):  # white scale flecks
+            j = rng.integers(len(ys))
+            axes = (int(rng.integers(1, 3)), int(rng.integers(1, 2)))
+            cv2.ellipse(image, (int(xs[j]), int(ys[j])), axes, float(rng.uniform(0, 180)), 0, 360,
+                        (0.95, 0.92, 0.85), -1, cv2.LINE_AA)
+    return image
+
+
+def _distractors(rng, image) -> np.ndarray:
+    size = image.shape[0]
+    if rng.random() < 0.4:  # hairs
+        colour = (0.12, 0.09, 0.07) if rng.random() < 0.8 else (0.55, 0.45, 0.35)
+        for _ in range(int(rng.integers(1, 9))):
+            p0 = rng.uniform(0, size, 2)
+            angle = rng.uniform(0, 2 * np.pi)
+            bend = rng.normal(0, 0.3)
+            pts = [p0]
+            for _ in range(6):
+                angle += bend * 0.3
+                pts.append(pts[-1] + size * 0.08 * np.array([np.cos(angle), np.sin(angle)]))
+            cv2.polylines(image, [np.array(pts, np.int32)], False, colour, 1, cv2.LINE_AA)
+    if rng.random() < 0.2:  # ruler marks along one edge
+        edge = int(rng.integers(4))
+        step = max(3, size // 25)
+        for t in range(step, size - step, step):
+            length = 6 if (t // step) % 5 == 0 else 3
+            a, b = ((t, 1), (t, 1 + length)) if edge == 0 else ((t, size - 2), (t, size - 2 - length)) \
+                if edge == 1 else ((1, t), (1 + length, t)) if edge == 2 else ((size - 2, t), (size - 2 - length, t))
+            cv2.line(image, a, b, (0.1, 0.1, 0.1), 1)
+    if rng.random() < 0.3:  # dark corners (dermatoscope vignette)
+        yy, xx = np.mgrid[0:size, 0:size]
+        r = np.hypot(xx - size / 2, yy - size / 2) / (size / 2)
+        image = image * np.clip(1.6 - r * rng.uniform(0.7, 0.9), 0.05, 1)[..., None]
+    light = 1 + rng.uniform(-0.15, 0.15) * (np.linspace(-1, 1, size)[None, :, None])
+    return image * light * rng.uniform(0.85, 1.1)

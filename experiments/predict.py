@@ -1,0 +1,104 @@
+"""Per-image class probabilities from a checkpoint, as a CSV.
+
+    python -m experiments.predict --ckpt runs/metablock/<run>/checkpoints/best-epoch011.ckpt \
+        [--dataset pad_ufes20 --data-dir /data/pad] [--split all|train|val|test] [--out file.csv]
+
+The checkpoint is loaded with ``torch.load(weights_only=True)``: it holds tensors and plain
+values only (no pickled classes). It carries everything needed to predict: the module class
+name and its hyper-parameters, the datamodule's settings, and the metadata encoder fitted on the
+training split, which is reused as is, never refitted on the new data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import lightning as L  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from datamodules.lesion_datamodule import LesionDataModule  # noqa: E402
+from lightning_modules.callbacks.test_results import write_predictions  # noqa: E402
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def build_module(checkpoint: dict) -> L.LightningModule:
+    """The trained module, rebuilt from the checkpoint's class name and hyper-parameters."""
+    module_path, _, class_name = checkpoint["dermattn_module"].rpartition(".")
+    cls = getattr(importlib.import_module(module_path), class_name)
+    # LightningCLI adds bookkeeping keys such as `_class_path`; they are not arguments.
+    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+    if "pretrained" in hparams:  # the weights come from the checkpoint, not from a download
+        hparams["pretrained"], hparams["weights_path"] = False, None
+    module = cls(**hparams)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.eval()
+
+
+def build_datamodule(checkpoint: dict, dataset: Optional[str], data_dir: Optional[str], split: str,
+                     batch_size: Optional[int] = None, num_workers: Optional[int] = None) -> LesionDataModule:
+    hparams = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
+    if dataset is not None and dataset != hparams["dataset"]:
+        hparams["dataset"], hparams["source_options"] = dataset, None
+    if data_dir is not None:
+        hparams["data_dir"] = data_dir
+    hparams["predict_split"] = split
+    if batch_size:
+        hparams["eval_batch_size"] = batch_size
+    if num_workers is not None:
+        hparams["num_workers"] = num_workers
+    datamodule = LesionDataModule(**hparams)
+    datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])  # the training encoder
+    return datamodule
+
+
+def predict(ckpt: str, dataset: Optional[str] = None, data_dir: Optional[str] = None, split: str = "all",
+            out: Optional[str] = None, batch_size: Optional[int] = None, num_workers: Optional[int] = None,
+            accelerator: str = "auto") -> Path:
+    checkpoint = load_checkpoint(ckpt)
+    module = build_module(checkpoint)
+    datamodule = build_datamodule(checkpoint, dataset, data_dir, split, batch_size, num_workers)
+    trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False)
+    outputs = trainer.predict(module, datamodule=datamodule)
+    index = torch.cat([o["index"] for o in outputs]).numpy()
+    probs = torch.cat([o["probs"] for o in outputs]).numpy()
+    records = datamodule.records(split)
+    if out is None:
+        run_dir = Path(ckpt).resolve().parent.parent
+        out = run_dir / f"predictions_{datamodule.hparams.dataset}_{split}.csv"
+    labels = np.array([records[i].label for i in index])
+    path = write_predictions(out, [records[i].image_id for i in index], probs, module.class_names, labels)
+    print(f"wrote {len(index)} predictions to {path}")
+    return path
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="a checkpoint of a training run (best-*.ckpt or last.ckpt)")
+    parser.add_argument("--dataset", default=None, help="default: the dataset the model was trained on")
+    parser.add_argument("--data-dir", default=None, help="default: the training data folder")
+    parser.add_argument("--split", default="all", choices=["all", "train", "val", "test"])
+    parser.add_argument("--out", default=None, help="default: <run>/predictions_<dataset>_<split>.csv")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--accelerator", default="auto")
+    args = parser.parse_args(argv)
+    predict(args.ckpt, args.dataset, args.data_dir, args.split, args.out, args.batch_size, args.num_workers,
+            args.accelerator)
+
+
+if __name__ == "__main__":
+    main()

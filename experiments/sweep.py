@@ -1,0 +1,78 @@
+"""Run one experiment over values of one config key and several seeds; tabulate test metrics.
+
+    python -m experiments.sweep --config experiments/metablock.yaml \
+        --key model.init_args.fusion --values none concat metablock --seeds 1 2 3
+
+Every run is a normal training run (its own folder under ``runs/<name>-sweep/``); the summary
+(mean and standard deviation over seeds) is printed as a Markdown table and written to
+``runs/<name>-sweep/summary.md`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from lightning_modules.atomic_io import atomic_write, write_json
+
+METRICS = ("auroc", "bacc", "acc")
+
+
+def run_one(config: str, key: str, value: str, seed: int, name: str, extra: list[str]) -> dict:
+    run_dir = Path("runs") / f"{name}-sweep" / f"{value}-s{seed}"
+    if (run_dir / "metrics.json").is_file():  # finished earlier: a sweep resumes where it stopped
+        return json.loads((run_dir / "metrics.json").read_text())
+    args = [sys.executable, "-m", "experiments.train", "--config", config, f"--{key}={value}",
+            f"--seed_everything={seed}", f"--run.dir={run_dir}", "--trainer.enable_progress_bar=false",
+            *extra]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(args, check=True, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["wall_seconds"] = time.perf_counter() - start
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--key", required=True, help="config key to vary, e.g. model.init_args.fusion")
+    parser.add_argument("--values", nargs="+", required=True)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("extra", nargs=argparse.REMAINDER, help="further --key=value overrides for every run")
+    args = parser.parse_args(argv)
+    args.extra = [a for a in args.extra if a != "--"]
+    name = yaml.safe_load(Path(args.config).read_text()).get("run", {}).get("name", Path(args.config).stem)
+    results = {v: [run_one(args.config, args.key, v, s, name, args.extra) for s in args.seeds] for v in args.values}
+
+    lines = [f"| {args.key.split('.')[-1]} | " + " | ".join(f"test {m}" for m in METRICS) + " | minutes/run |",
+             "|---" * (len(METRICS) + 2) + "|"]
+    summary = {}
+    for value, runs in results.items():
+        cells, summary[value] = [], {}
+        for metric in METRICS:
+            scores = np.array([r["test"][metric] for r in runs])
+            summary[value][metric] = {"mean": float(scores.mean()), "std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
+                                      "runs": scores.tolist()}
+            cells.append(f"{scores.mean():.3f} ± {summary[value][metric]['std']:.3f}")
+        minutes = np.mean([r.get("wall_seconds", np.nan) for r in runs]) / 60
+        lines.append(f"| {value} | " + " | ".join(cells) + f" | {minutes:.1f} |")
+    table = "\n".join(lines)
+    footer = f"\n\nmean ± sample std over seeds {args.seeds}; `python -m experiments.sweep {' '.join(argv or sys.argv[1:])}`\n"
+    out = Path("runs") / f"{name}-sweep"
+    atomic_write(out / "summary.md", lambda f: f.write(table + footer))
+    write_json(out / "summary.json", {"key": args.key, "seeds": args.seeds, "results": summary})
+    print(table + footer)
+    return table
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""After testing: ``metrics.json`` (scores, per-class AUROC, confusion matrix, best checkpoint)
+and ``predictions.csv`` (one row per test image with its class probabilities) in the run folder.
+
+Outputs are gathered across processes and de-duplicated by dataset index (the distributed
+sampler pads the last batch with repeats), so DDP runs write the same files as one process.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+
+from lightning_modules.atomic_io import atomic_write, write_json
+
+
+def gather_unique(pl_module: L.LightningModule, chunks: dict[str, list[torch.Tensor]]) -> dict[str, np.ndarray]:
+    """Concatenate per-batch tensors, gather them from every process, drop padded repeats."""
+    local = {k: torch.cat(v) if v else torch.empty(0) for k, v in chunks.items()}
+    if pl_module.trainer.world_size > 1:
+        local = {k: pl_module.all_gather(v).flatten(0, 1) for k, v in local.items()}
+    out = {k: v.detach().cpu().numpy() for k, v in local.items()}
+    _, first = np.unique(out["index"], return_index=True)
+    return {k: v[first] for k, v in out.items()}
+
+
+def write_predictions(path: str | Path, image_ids: Sequence[str], probs: np.ndarray,
+                      class_names: Sequence[str], labels: Optional[Sequence[int]] = None) -> Path:
+    def write(handle) -> None:
+        writer = csv.writer(handle)
+        header = ["image_id"] + (["label"] if labels is not None else []) + ["prediction"]
+        writer.writerow(header + [f"prob_{name}" for name in class_names])
+        for i, image_id in enumerate(image_ids):
+            row = [image_id] + ([class_names[labels[i]]] if labels is not None else [])
+            row.append(class_names[int(np.argmax(probs[i]))])
+            writer.writerow(row + [f"{p:.6f}" for p in probs[i]])
+
+    return atomic_write(path, write)
+
+
+class TestResultsWriter(L.Callback):
+    def __init__(self, run_dir: str, extra: Optional[dict[str, Any]] = None):
+        self.run_dir = Path(run_dir)
+        self.extra = dict(extra or {})
+        self._chunks: dict[str, list[torch.Tensor]] = {}
+        self._gathered: Optional[dict[str, np.ndarray]] = None
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._chunks = {"index": [], "probs": [], "label": []}
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        for key in self._chunks:
+            self._chunks[key].append(outputs[key].detach())
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._gathered = gather_unique(pl_module, self._chunks)  # collective: every rank calls it
+        self._chunks = {}
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or self._gathered is None:
+            return
+        index, probs, labels = self._gathered["index"], self._gathered["probs"], self._gathered["label"]
+        datamodule = trainer.datamodule
+        records = datamodule.records("test") if datamodule is not None and hasattr(datamodule, "records") else None
+        image_ids = [records[i].image_id for i in index] if records else [str(i) for i in index]
+        write_predictions(self.run_dir / "predictions.csv", image_ids, probs, pl_module.class_names, labels)
+
+        scores = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        report = getattr(pl_module, "epoch_report", {}).get("test", {})
+        checkpoint = trainer.checkpoint_callback
+        metrics = {
+            **self.extra,
+            "class_names": list(pl_module.class_names),
+            "test": {
+                **{k: v for k, v in scores.items() if not k.startswith("auroc_")},
+                "auroc_per_class": report.get("auroc_per_class", {}),
+                "confusion_matrix": report.get("confusion_matrix"),
+                "n_images": int(len(index)),
+            },
+            "checkpoint": {
+                "tested": str(getattr(trainer, "ckpt_path", None) or ""),
+                "monitor": getattr(checkpoint, "monitor", None),
+                "best_score": float(checkpoint.best_model_score) if getattr(checkpoint, "best_model_score", None) is not None else None,
+                "best_path": getattr(checkpoint, "best_model_path", None),
+            },
+        }
+        write_json(self.run_dir / "metrics.json", metrics)

@@ -1,0 +1,67 @@
+"""Image + metadata classifier with the fusion as a switch: ``none`` | ``concat`` | ``metablock``.
+
+    image -> backbone -> last feature map (B, k, H, W)
+      none      : global average pool                                  -> (B, k)
+      concat    : [global average pool, metadata]                      -> (B, k + d_meta)
+      metablock : MetaBlock(feature map, metadata), then average pool  -> (B, k)
+    -> optional reducer (Linear-BN-ReLU-Dropout 0.5, as in the MetaBlock code) -> Linear -> logits
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from lightning_modules.backbones import create_backbone, feature_channels
+from lightning_modules.nets.metablock import MetaBlock
+
+FUSIONS = ("none", "concat", "metablock")
+
+
+class FusionClassifier(nn.Module):
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        meta_dim: int = 0,
+        fusion: str = "metablock",
+        pretrained: bool = False,
+        weights_path: Optional[str] = None,
+        reducer_dim: Optional[int] = None,
+        dropout: float = 0.0,
+        metablock_batch_norm: bool = True,
+    ):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if fusion != "none" and meta_dim < 1:
+            raise ValueError(f"fusion={fusion!r} needs metadata, but the data has no metadata features")
+        self.fusion = fusion
+        self.backbone = create_backbone(backbone, pretrained, weights_path, out_indices=(-1,))
+        channels = feature_channels(self.backbone)[-1]
+        self.metablock = MetaBlock(meta_dim, channels, metablock_batch_norm) if fusion == "metablock" else None
+        width = channels + (meta_dim if fusion == "concat" else 0)
+        if reducer_dim:
+            self.reducer: nn.Module = nn.Sequential(
+                nn.Linear(width, reducer_dim), nn.BatchNorm1d(reducer_dim), nn.ReLU(inplace=True), nn.Dropout(0.5)
+            )
+            width = reducer_dim
+        else:
+            self.reducer = nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def features(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        """The fused feature vector fed to the classifier."""
+        fmap = self.backbone(image)[-1]
+        if self.metablock is not None:
+            fmap = self.metablock(fmap, meta)
+        pooled = fmap.mean(dim=(2, 3))
+        if self.fusion == "concat":
+            pooled = torch.cat([pooled, meta.to(pooled.dtype)], dim=1)
+        return self.reducer(pooled)
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.features(image, meta)))

@@ -1,0 +1,32 @@
+"""Learning-rate schedules that need the run length, which only the Trainer knows."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+class WarmupCosine(LambdaLR):
+    """Linear warm-up for ``warmup_epochs`` then cosine decay to ``min_factor`` of the base rate
+    (the ISIC 2020 winners' schedule), stepped per epoch.
+
+    ``total_epochs=None`` takes ``trainer.max_epochs`` (set by the module in
+    ``configure_optimizers``), so ``--trainer.max_epochs`` alone changes the run length.
+    """
+
+    def __init__(self, optimizer: Optimizer, warmup_epochs: int = 1, total_epochs: Optional[int] = None,
+                 min_factor: float = 0.01):
+        self.warmup_epochs = warmup_epochs
+        self.total_epochs = total_epochs
+        self.min_factor = min_factor
+        super().__init__(optimizer, self.factor)
+
+    def factor(self, epoch: int) -> float:
+        if epoch < self.warmup_epochs:
+            return (epoch + 1) / (self.warmup_epochs + 1)
+        total = max(self.total_epochs or 1, self.warmup_epochs + 1)
+        progress = min(1.0, (epoch - self.warmup_epochs) / max(1, total - self.warmup_epochs))
+        return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -1,0 +1,180 @@
+"""Integration: each experiment config trains briefly on CPU and leaves its artefacts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.train import main as train
+from tests.conftest import SMALL_SYNTHETIC
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(p for p in (REPO / "experiments").glob("*.yaml") if p.name != "base.yaml")
+
+
+def quick_args(config: Path, run_root: Path, synthetic_cache: Path, *extra: str) -> list[str]:
+    return [
+        "--config", str(config),
+        f"--run.root={run_root}",
+        f"--data.data_dir={synthetic_cache}",
+        f"--data.source_options={json.dumps(SMALL_SYNTHETIC)}",
+        "--data.image_size=32",
+        "--data.batch_size=16",
+        "--data.num_workers=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_fast_dev_run_every_experiment(config, tmp_path, synthetic_cache):
+    run_dir = train(quick_args(config, tmp_path, synthetic_cache, "--trainer.fast_dev_run=true"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["auroc"] <= 1.0
+    assert (run_dir / "predictions.csv").is_file()
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, synthetic_cache):
+    """Two epochs of the MetaBlock experiment (a few batches each), then a test of the best epoch."""
+    root = tmp_path_factory.mktemp("runs")
+    run_dir = train(quick_args(
+        REPO / "experiments" / "metablock.yaml", root, synthetic_cache,
+        "--trainer.max_epochs=2", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=3",
+    ))  # fmt: skip
+    return run_dir
+
+
+def test_run_folder_layout(short_run):
+    for name in ("config.yaml", "metrics.csv", "metrics.json", "predictions.csv", "test_confusion_matrix.png",
+                 "test_roc.png", "checkpoints/last.ckpt"):
+        assert (short_run / name).is_file(), name
+    assert len(list((short_run / "checkpoints").glob("best-epoch*.ckpt"))) == 1
+    assert short_run.parent.name == "metablock"
+    config = (short_run / "config.yaml").read_text()
+    assert "fusion: metablock" in config and "max_epochs: 2" in config
+
+
+def test_metrics_json_and_predictions_agree(short_run):
+    metrics = json.loads((short_run / "metrics.json").read_text())
+    test = metrics["test"]
+    names = metrics["class_names"]
+    assert names == ["ACK", "BCC", "MEL", "NEV", "SCC", "SEK"]
+    for key in ("auroc", "bacc", "acc", "loss"):
+        assert np.isfinite(test[key])
+    assert set(test["auroc_per_class"]) == set(names)
+    matrix = np.array(test["confusion_matrix"])
+    assert matrix.shape == (6, 6) and matrix.sum() == test["n_images"]
+    assert metrics["checkpoint"]["monitor"] == "val/auroc"
+    assert metrics["checkpoint"]["tested"].endswith(".ckpt") and "best-epoch" in metrics["checkpoint"]["tested"]
+
+    with open(short_run / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == test["n_images"]
+    assert len({r["image_id"] for r in rows}) == len(rows)
+    probs = np.array([[float(r[f"prob_{n}"]) for n in names] for r in rows])
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-4)
+    labels = np.array([names.index(r["label"]) for r in rows])
+    predicted = np.array([names.index(r["prediction"]) for r in rows])
+    assert np.array_equal(predicted, probs.argmax(1))
+    # accuracy recomputed from the file equals the logged one; the confusion matrix too
+    assert (predicted == labels).mean() == pytest.approx(test["acc"], abs=1e-6)
+    recomputed = np.zeros((6, 6), int)
+    np.add.at(recomputed, (labels, predicted), 1)
+    assert np.array_equal(recomputed, matrix)
+
+
+def test_metrics_csv_has_each_epoch(short_run):
+    with open(short_run / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    epochs = {int(r["epoch"]) for r in rows if r.get("val/auroc")}
+    assert epochs == {0, 1}
+
+
+def test_wandb_offline_run_has_figures(short_run):
+    runs = list((short_run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    media = runs[0] / "files" / "media" / "images"
+    assert list((media / "val").glob("confusion_matrix*.png"))
+    assert list((media / "test").glob("roc*.png"))
+    assert (runs[0] / f"run-{runs[0].name.split('-')[-1]}.wandb").stat().st_size > 0
+
+
+def test_checkpoint_is_weights_only_and_carries_the_encoder(short_run):
+    ckpt = torch.load(short_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    state = ckpt["LesionDataModule"]
+    assert state["class_names"] == ["ACK", "BCC", "MEL", "NEV", "SCC", "SEK"]
+    assert "age" in state["encoder"]["mean"]
+    assert ckpt["hyper_parameters"]["meta_dim"] == len(state["feature_names"])
+
+
+def test_predict_reproduces_test_predictions(short_run, tmp_path):
+    from experiments.predict import predict
+
+    best = next((short_run / "checkpoints").glob("best-epoch*.ckpt"))
+    out = predict(str(best), split="test", out=str(tmp_path / "p.csv"), num_workers=0, accelerator="cpu")
+    read = lambda p: {r["image_id"]: r for r in csv.DictReader(open(p))}  # noqa: E731
+    fresh, logged = read(out), read(short_run / "predictions.csv")
+    assert fresh.keys() == logged.keys()
+    for image_id, row in logged.items():
+        for key, value in row.items():
+            if key.startswith("prob_"):
+                assert float(fresh[image_id][key]) == pytest.approx(float(value), abs=1e-5)
+
+
+def test_resume_continues_in_the_same_run_folder(tmp_path, synthetic_cache):
+    config = REPO / "experiments" / "metablock.yaml"
+    common = ("--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--run.wandb=false",
+              "--run.test=false")  # fmt: skip
+    run_dir = train(quick_args(config, tmp_path, synthetic_cache, "--trainer.max_epochs=1", *common))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    first = torch.load(last, map_location="cpu", weights_only=True)
+    resumed = train(quick_args(config, tmp_path, synthetic_cache, "--trainer.max_epochs=2", f"--resume={last}",
+                               *common))  # fmt: skip
+    assert resumed == run_dir
+    second = torch.load(last, map_location="cpu", weights_only=True)
+    assert (first["epoch"], second["epoch"]) == (0, 1)
+    assert second["global_step"] == 2 * first["global_step"]
+    assert len(list((tmp_path / "metablock").iterdir())) == 1
+    with open(run_dir / "metrics.csv") as handle:  # the epoch before the interruption is kept
+        epochs = {int(r["epoch"]) for r in csv.DictReader(handle) if r.get("val/loss")}
+    assert epochs == {0, 1}
+
+
+def test_make_train_passes_data_choice_and_overrides():
+    out = subprocess.run(
+        ["make", "-n", "-W", "pyproject.toml", "train", "EXP=metablock", "DATA=pad_ufes20", "DATA_DIR=/data/pad",
+         "ARGS=--trainer.max_epochs=2", "RESUME=runs/x/checkpoints/last.ckpt"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout
+    line = next(l for l in out.splitlines() if "experiments.train" in l)
+    assert "--config experiments/metablock.yaml" in line
+    assert "--data.dataset=pad_ufes20 --config experiments/data/pad_ufes20.yaml" in line
+    assert "--data.data_dir=/data/pad" in line and line.rstrip().endswith("--trainer.max_epochs=2")
+    assert "--resume=runs/x/checkpoints/last.ckpt" in line
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path, synthetic_cache):
+    """Lightning's own DDP (two CPU processes): one run folder, de-duplicated test outputs."""
+    args = quick_args(REPO / "experiments" / "metablock.yaml", tmp_path, synthetic_cache,
+                      "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2",
+                      "--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2")
+    subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=REPO, check=True, timeout=900)
+    (run_dir,) = list((tmp_path / "metablock").iterdir())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    from datamodules.lesion_datamodule import LesionDataModule
+
+    dm = LesionDataModule(data_dir=str(synthetic_cache), source_options=SMALL_SYNTHETIC)
+    assert metrics["test"]["n_images"] == len(dm.records("test"))
+    with open(run_dir / "predictions.csv") as handle:
+        ids = [r["image_id"] for r in csv.DictReader(handle)]
+    assert sorted(ids) == sorted(r.image_id for r in dm.records("test"))

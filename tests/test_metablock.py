@@ -1,0 +1,79 @@
+"""MetaBlock against hand computation, and the seed post's reshape bug it must not have."""
+
+import math
+
+import pytest
+import torch
+
+from lightning_modules.nets.metablock import MetaBlock
+
+
+def _linear_block(meta_dim: int, channels: int, f_w, f_b, g_w, g_b) -> MetaBlock:
+    block = MetaBlock(meta_dim, channels, batch_norm=False)
+    with torch.no_grad():
+        block.f_b[0].weight.copy_(torch.tensor(f_w))
+        block.f_b[0].bias.copy_(torch.tensor(f_b))
+        block.g_b[0].weight.copy_(torch.tensor(g_w))
+        block.g_b[0].bias.copy_(torch.tensor(g_b))
+    return block
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_metablock_matches_hand_computation_on_a_feature_map():
+    # meta_dim 1, 2 channels: f = [2m, -m + 0.5], g = [0.1, m]
+    block = _linear_block(1, 2, [[2.0], [-1.0]], [0.0, 0.5], [[0.0], [1.0]], [0.1, 0.0])
+    meta = torch.tensor([[1.0]])
+    x = torch.tensor([[[[0.5, -1.0]], [[2.0, 0.0]]]])  # (1, 2, 1, 2)
+    out = block(x, meta)
+    # channel 0: f=2, g=0.1 -> sigmoid(tanh(2*x) + 0.1); channel 1: f=-0.5, g=1 -> sigmoid(tanh(-0.5x)+1)
+    expected = [
+        [sigmoid(math.tanh(2 * 0.5) + 0.1), sigmoid(math.tanh(2 * -1.0) + 0.1)],
+        [sigmoid(math.tanh(-0.5 * 2.0) + 1.0), sigmoid(math.tanh(0.0) + 1.0)],
+    ]
+    assert out.shape == x.shape
+    assert torch.allclose(out[0, :, 0, :], torch.tensor(expected), atol=1e-6)
+
+
+def test_metablock_broadcasts_per_sample_and_channel():
+    torch.manual_seed(0)
+    batch, channels, meta_dim = 3, 5, 4  # batch != channels: the seed's reshape would mix them up
+    block = MetaBlock(meta_dim, channels, batch_norm=False)
+    x = torch.randn(batch, channels, 2, 3)
+    meta = torch.randn(batch, meta_dim)
+    out = block(x, meta)
+    f, g = block.f_b(meta), block.g_b(meta)
+    for b in range(batch):
+        for c in range(channels):
+            ref = torch.sigmoid(torch.tanh(f[b, c] * x[b, c]) + g[b, c])
+            assert torch.allclose(out[b, c], ref, atol=1e-6)
+
+
+def test_seed_reshape_scrambles_samples_but_broadcasting_does_not():
+    torch.manual_seed(1)
+    batch, channels = 2, 3
+    block = MetaBlock(4, channels, batch_norm=False)
+    x = torch.randn(batch, channels, 2, 2)
+    meta = torch.randn(batch, 4)
+    f, g = block.f_b(meta), block.g_b(meta)
+    # The seed post: reshape x to (W, H, k, B) and f, g to (k, B), multiply, reshape back.
+    xr = x.reshape(x.shape[3], x.shape[2], x.shape[1], x.shape[0])
+    seed = torch.sigmoid(torch.tanh(f.reshape(channels, batch) * xr) + g.reshape(channels, batch))
+    seed = seed.reshape(batch, channels, 2, 2)
+    assert not torch.allclose(seed, block(x, meta))
+
+
+def test_metablock_on_pooled_vectors_and_with_batchnorm():
+    block = MetaBlock(3, 4, batch_norm=True).eval()
+    out = block(torch.randn(5, 4), torch.randn(5, 3))
+    assert out.shape == (5, 4)
+    assert bool(((out > 0) & (out < 1)).all())  # a sigmoid gate
+
+
+def test_metablock_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="metadata"):
+        MetaBlock(0, 4)
+    with pytest.raises(ValueError, match=r"\(B, k\)"):
+        MetaBlock(3, 4, batch_norm=False)(torch.randn(2, 4, 3), torch.randn(2, 3))

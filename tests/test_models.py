@@ -1,0 +1,80 @@
+"""Backbones, the fusion classifier's three switches, schedules, and checkpoint safety."""
+
+import pytest
+import timm
+import torch
+
+from lightning_modules.backbones import create_backbone, feature_channels, feature_shapes
+from lightning_modules.fusion_module import FusionModule
+from lightning_modules.nets.fusion_classifier import FusionClassifier
+from lightning_modules.schedules import WarmupCosine
+
+
+@pytest.mark.parametrize("name", ["resnet10t", "test_efficientnet", "test_convnext"])
+def test_backbone_feature_info_matches_real_maps(name):
+    backbone = create_backbone(name)
+    shapes = feature_shapes(backbone, 64)
+    assert [s[0] for s in shapes] == feature_channels(backbone)
+    for (c, h, w), reduction in zip(shapes, backbone.feature_info.reduction()):
+        assert h == w == 64 // reduction
+
+
+def test_backbone_loads_a_local_weights_file(tmp_path):
+    source = timm.create_model("resnet10t", pretrained=False)
+    path = tmp_path / "resnet10t.pth"
+    torch.save(source.state_dict(), path)
+    backbone = create_backbone("resnet10t", weights_path=str(path))
+    assert torch.equal(backbone.conv1[0].weight, source.conv1[0].weight)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        create_backbone("resnet10t", weights_path=str(tmp_path / "missing.pth"))
+
+
+def test_fusion_switches():
+    torch.manual_seed(0)
+    image, meta = torch.randn(3, 3, 32, 32), torch.randn(3, 7)
+    other_meta = torch.randn(3, 7)
+    for fusion in ("none", "concat", "metablock"):
+        net = FusionClassifier("test_resnet", num_classes=4, meta_dim=7, fusion=fusion).eval()
+        with torch.no_grad():
+            a, b = net(image, meta), net(image, other_meta)
+        assert a.shape == (3, 4)
+        # image-only ignores the metadata; both fusions use it
+        assert torch.allclose(a, b) == (fusion == "none"), fusion
+    concat = FusionClassifier("test_resnet", 4, meta_dim=7, fusion="concat")
+    assert concat.classifier.in_features == feature_channels(concat.backbone)[-1] + 7
+    with pytest.raises(ValueError, match="needs metadata"):
+        FusionClassifier("test_resnet", 4, meta_dim=0, fusion="metablock")
+    with pytest.raises(ValueError, match="fusion must be"):
+        FusionClassifier("test_resnet", 4, meta_dim=3, fusion="gate")
+
+
+def test_reducer_and_batch_of_one():
+    net = FusionClassifier("test_resnet", 3, meta_dim=2, fusion="metablock", reducer_dim=16).eval()
+    assert net(torch.randn(1, 3, 40, 40), torch.randn(1, 2)).shape == (1, 3)
+
+
+def test_warmup_cosine_schedule_values():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupCosine(opt, warmup_epochs=1, total_epochs=5, min_factor=0.0)
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # warm-up 1/2, then cosine from 1 over 4 epochs: 1, cos^2 halves...
+    assert lrs == pytest.approx([0.5, 1.0, 0.8535534, 0.5, 0.1464466], abs=1e-6)
+
+
+def test_checkpoint_loads_weights_only(tmp_path):
+    module = FusionModule(backbone="test_resnet", num_classes=3, meta_dim=4, class_names=["a", "b", "c"],
+                          class_weights=[1.0, 2.0, 3.0])
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)
+    path = tmp_path / "m.ckpt"
+    torch.save(checkpoint, path)
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["dermattn_module"] == "lightning_modules.fusion_module.FusionModule"
+    rebuilt = FusionModule(**loaded["hyper_parameters"])
+    rebuilt.load_state_dict(loaded["state_dict"])
+    x, m = torch.randn(2, 3, 32, 32), torch.randn(2, 4)
+    assert torch.allclose(rebuilt.eval()(x, m), module.eval()(x, m))
