@@ -25,9 +25,11 @@ def load_rgb(path: Path, dataset: str = "dataset", line: Optional[int] = None) -
                 image = image.convert("RGBA")
                 background = Image.new("RGBA", image.size, (255, 255, 255, 255))
                 image = Image.alpha_composite(background, image)
-            elif image.mode == "I;16" or image.mode == "I":
+            elif image.mode in ("I;16", "I;16B", "I"):
+                # 16-bit pictures: scale the full 16-bit range (not the picture's own maximum, which
+                # would make brightness depend on content).
                 array = np.asarray(image, dtype=np.float32)
-                image = Image.fromarray((array / max(float(array.max()), 1.0) * 255).astype(np.uint8))
+                image = Image.fromarray(np.clip(array / 257.0, 0, 255).astype(np.uint8))
             return np.asarray(image.convert("RGB"))
     except FileNotFoundError:
         raise DatasetError(f"{dataset}: image file {path} does not exist{where}") from None

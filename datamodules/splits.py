@@ -20,21 +20,26 @@ from datamodules.records import DatasetError, LesionRecord
 SPLITS = ("train", "val", "test")
 
 
-def assign_folds(labels: Sequence[int], groups: Sequence[str], n_folds: int, seed: int) -> np.ndarray:
+def assign_folds(
+    labels: Sequence[int], groups: Sequence[str], n_folds: int, seed: int, dataset: str = "dataset"
+) -> np.ndarray:
     """The fold index of every sample; groups never straddle folds; classes spread evenly."""
     labels = np.asarray(labels)
     n_groups = len(set(groups))
     if n_folds < 3:
-        raise DatasetError(f"n_folds must be at least 3 (train/val/test), got {n_folds}")
+        raise DatasetError(f"{dataset}: n_folds must be at least 3 (train/val/test), got {n_folds}")
     if n_groups < n_folds:
-        raise DatasetError(f"cannot make {n_folds} folds from {n_groups} patient/lesion groups")
+        raise DatasetError(f"{dataset}: cannot make {n_folds} folds from {n_groups} patient/lesion groups")
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     folds = np.full(len(labels), -1, dtype=int)
     with warnings.catch_warnings():
         # sklearn warns when a rare class has fewer groups than folds; the split is still valid.
         warnings.simplefilter("ignore", UserWarning)
-        for k, (_, test_idx) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
-            folds[test_idx] = k
+        try:
+            for k, (_, test_idx) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+                folds[test_idx] = k
+        except ValueError as err:  # e.g. every class has fewer members than folds
+            raise DatasetError(f"{dataset}: cannot make {n_folds} stratified folds: {err}") from err
     return folds
 
 
@@ -43,7 +48,7 @@ def split_indices(
 ) -> dict[str, np.ndarray]:
     if not 0 <= fold < n_folds:
         raise DatasetError(f"fold must be in [0, {n_folds - 1}], got {fold}")
-    folds = assign_folds([r.label for r in records], [r.group for r in records], n_folds, seed)
+    folds = assign_folds([r.label for r in records], [r.group for r in records], n_folds, seed, dataset)
     val_fold = (fold + 1) % n_folds
     out = {
         "train": np.flatnonzero((folds != fold) & (folds != val_fold)),

@@ -339,7 +339,7 @@ def _class_details(cls, rng, image, mask, dist, r_theta, cx, cy) -> np.ndarray:
             points = [start]
             for _ in range(4):
                 angle += rng.normal(0, 0.6)
-                points.append(points[-1] + rng.uniform(2, size * 0.05) * np.array([np.cos(angle), np.sin(angle)]))
+                points.append(points[-1] + rng.uniform(2, max(2.5, size * 0.05)) * np.array([np.cos(angle), np.sin(angle)]))
             cv2.polylines(image, [np.array(points, np.int32)], False, (0.75, 0.1, 0.15), 1, cv2.LINE_AA)
         if rng.random() < 0.4:  # ulcer
             cv2.circle(image, (int(cx), int(cy)), max(2, int(0.25 * np.median(r_theta))),

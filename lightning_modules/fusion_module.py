@@ -19,7 +19,7 @@ class FusionModule(LesionClassifier):
         weights_path: Optional[str] = None,
         reducer_dim: Optional[int] = None,
         dropout: float = 0.0,
-        metablock_batch_norm: bool = True,
+        metablock_batch_norm: bool = False,
         **kwargs: Any,
     ):
         """
@@ -29,7 +29,8 @@ class FusionModule(LesionClassifier):
             pretrained: timm's pretrained weights (downloads); ``weights_path``: a local file.
             reducer_dim: width of the optional reducer before the classifier (off by default,
                 as in the MetaBlock benchmarks).
-            metablock_batch_norm: BatchNorm1d after MetaBlock's linear maps, as the official code.
+            metablock_batch_norm: BatchNorm1d after MetaBlock's linear maps, as in the official code
+                (off: the paper's formula, which also trains better; see ``MetaBlock``).
             **kwargs: :class:`~lightning_modules.classifier.LesionClassifier` arguments.
         """
         self.net_config = dict(

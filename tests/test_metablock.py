@@ -66,7 +66,7 @@ def test_seed_reshape_scrambles_samples_but_broadcasting_does_not():
 
 
 def test_metablock_on_pooled_vectors_and_with_batchnorm():
-    block = MetaBlock(3, 4, batch_norm=True).eval()
+    block = MetaBlock(3, 4, batch_norm=True).eval()  # the official code's variant
     out = block(torch.randn(5, 4), torch.randn(5, 3))
     assert out.shape == (5, 4)
     assert bool(((out > 0) & (out < 1)).all())  # a sigmoid gate

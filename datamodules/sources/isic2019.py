@@ -41,9 +41,11 @@ def read(data_dir: str | Path) -> LesionTable:
     if unmatched:
         shown = ", ".join(f"{n} (line {line})" for line, n in unmatched[:10])
         raise DatasetError(f"{DATASET}: {len(unmatched)} image(s) of {gt_path} have no row in {meta_path}: {shown}")
+    # Parse in the metadata file's own order (errors then name its real line numbers), then align.
+    parsed = reading.parse_metadata(DATASET, meta_path, meta_frame, NUMERIC, CATEGORICAL)
     order = [by_image[n.strip()] for n in truth["image"].tolist()]
+    meta = [parsed[i] for i in order]
     aligned = meta_frame.iloc[order].reset_index(drop=True)
-    meta = reading.parse_metadata(DATASET, meta_path, aligned, NUMERIC, CATEGORICAL)
     image_ids = [n.strip() for n in truth["image"].tolist()]
     paths = reading.ImageIndex(DATASET, root, IMAGE_FOLDERS).resolve_all(gt_path, image_ids)
     lesion_ids = aligned["lesion_id"].tolist() if "lesion_id" in aligned.columns else [""] * len(aligned)

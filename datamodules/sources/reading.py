@@ -89,8 +89,8 @@ def parse_category(
     if is_missing(value):
         return None
     value = value.strip()
-    if value.replace(".", "", 1).isdigit():  # "2", "2.0" -> "2" (Fitzpatrick type is stored as float)
-        value = str(int(float(value)))
+    if value.replace(".", "", 1).isdigit() and float(value).is_integer():
+        value = str(int(float(value)))  # "2.0" -> "2" (Fitzpatrick type is stored as a float)
     if vocabulary is not None:
         allowed = {v.lower(): v for v in vocabulary}
         if value.lower() not in allowed:

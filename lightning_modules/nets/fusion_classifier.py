@@ -31,7 +31,7 @@ class FusionClassifier(nn.Module):
         weights_path: Optional[str] = None,
         reducer_dim: Optional[int] = None,
         dropout: float = 0.0,
-        metablock_batch_norm: bool = True,
+        metablock_batch_norm: bool = False,
     ):
         super().__init__()
         if fusion not in FUSIONS:

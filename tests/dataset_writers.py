@@ -1,0 +1,315 @@
+"""Write tiny but format-exact fake copies of the four public datasets (see reference/datasets.md).
+
+Plain helpers (not tests). Every writer is deterministic, writes small random-colour images and
+returns a :class:`FakeDataset` with the rows it wrote (dicts of the exact CSV strings, in file
+order) and where each image went, so tests can assert against them. ``edit_csv`` / ``read_csv_rows``
+let bad-input tests corrupt one cell of a file that was written correctly.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+from PIL import Image
+
+# --------------------------------------------------------------------------------------------
+# Column orders, exactly as distributed
+# --------------------------------------------------------------------------------------------
+
+PAD_COLUMNS = [
+    "patient_id", "lesion_id", "smoke", "drink", "background_father", "background_mother", "age",
+    "pesticide", "gender", "skin_cancer_history", "cancer_history", "has_piped_water",
+    "has_sewage_system", "fitspatrick", "region", "diameter_1", "diameter_2", "diagnostic", "itch",
+    "grew", "hurt", "changed", "bleed", "elevation", "img_id", "biopsed",
+]  # fmt: skip
+PAD_CLASSES = ["ACK", "BCC", "MEL", "NEV", "SCC", "SEK"]
+PAD_REGIONS = [
+    "ABDOMEN", "ARM", "BACK", "CHEST", "EAR", "FACE", "FOOT", "FOREARM", "HAND", "LIP", "NECK",
+    "NOSE", "SCALP", "THIGH",
+]  # fmt: skip
+PAD_QUESTIONS = ["itch", "grew", "hurt", "changed", "bleed", "elevation"]
+
+ISIC2019_CLASSES = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]
+ISIC2019_GT_COLUMNS = ["image", *ISIC2019_CLASSES, "UNK"]
+ISIC2019_META_COLUMNS = ["image", "age_approx", "anatom_site_general", "lesion_id", "sex"]
+ISIC2019_SITES = [
+    "anterior torso", "upper extremity", "posterior torso", "lower extremity", "lateral torso",
+    "head/neck", "palms/soles", "oral/genital",
+]  # fmt: skip
+ISIC2019_GT = "ISIC_2019_Training_GroundTruth.csv"
+ISIC2019_META = "ISIC_2019_Training_Metadata.csv"
+ISIC2019_IMAGES = "ISIC_2019_Training_Input/ISIC_2019_Training_Input"  # nested, as the zip ships
+
+ISIC2020_COLUMNS = [
+    "image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
+    "benign_malignant", "target",
+]  # fmt: skip
+ISIC2020_SITES = ["head/neck", "upper extremity", "lower extremity", "torso", "palms/soles", "oral/genital"]
+ISIC2020_DIAGNOSES = [
+    "unknown", "nevus", "melanoma", "seborrheic keratosis", "lentigo NOS", "lichenoid keratosis",
+    "solar lentigo", "cafe-au-lait macule", "atypical melanocytic proliferation",
+]  # fmt: skip
+
+HAM_COLUMNS = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"]
+HAM_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+HAM_LOCALIZATIONS = [
+    "abdomen", "acral", "back", "chest", "ear", "face", "foot", "genital", "hand",
+    "lower extremity", "neck", "scalp", "trunk", "unknown", "upper extremity",
+]  # fmt: skip
+
+
+@dataclass
+class FakeDataset:
+    root: Path
+    #: The main CSV (PAD metadata.csv, ISIC 2019 ground truth, ISIC 2020 train.csv, HAM metadata).
+    csv_path: Path
+    #: Rows of ``csv_path`` as written (column -> exact string), in file order: row i is line i + 2.
+    rows: list[dict[str, str]]
+    #: image id as it appears in the CSV -> file written.
+    images: dict[str, Path]
+    #: Extra files (e.g. the ISIC 2019 metadata CSV and its rows).
+    extra: dict = field(default_factory=dict)
+
+    def line_of(self, image_id: str) -> int:
+        """CSV line (header = 1) of the row naming ``image_id``."""
+        for i, row in enumerate(self.rows):
+            if image_id in row.values():
+                return i + 2
+        raise KeyError(image_id)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict[str, str]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+    return path
+
+
+def read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def edit_csv(path: Path, edit: Callable[[list[str], list[dict[str, str]]], Optional[list[str]]]) -> None:
+    """Rewrite ``path`` after ``edit(columns, rows)`` mutated the rows in place (it may return
+    a new column list, e.g. to drop a column)."""
+    columns, rows = read_csv_rows(path)
+    new_columns = edit(columns, rows) or columns
+    write_csv(path, new_columns, [{c: r.get(c, "") for c in new_columns} for r in rows])
+
+
+def set_cell(path: Path, line: int, column: str, value: str) -> None:
+    """Set one cell, addressed like an error message does: CSV line (header = line 1)."""
+
+    def edit(columns, rows):
+        rows[line - 2][column] = value
+
+    edit_csv(path, edit)
+
+
+def random_image(rng: np.random.Generator, size=(32, 32), mode: str = "RGB") -> Image.Image:
+    """A random-colour image: a flat background and a random rectangle (``size`` is (w, h))."""
+    w, h = size
+    array = np.empty((h, w, 3), np.uint8)
+    array[:] = rng.integers(0, 256, 3, dtype=np.uint8)
+    y0, x0 = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+    array[y0 : y0 + h // 2, x0 : x0 + w // 2] = rng.integers(0, 256, 3, dtype=np.uint8)
+    if mode == "RGBA":
+        alpha = np.full((h, w, 1), 255, np.uint8)
+        alpha[0, 0] = 0  # one fully transparent pixel: it must load as white
+        return Image.fromarray(np.concatenate([array, alpha], axis=2), "RGBA")
+    return Image.fromarray(array, "RGB")
+
+
+def _save(image: Image.Image, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        image.save(path, quality=90)
+    else:
+        image.save(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# PAD-UFES-20
+# --------------------------------------------------------------------------------------------
+
+
+def pad_row(j: int) -> dict[str, str]:
+    """Row ``j`` of the fake PAD-UFES-20: 3 images per patient, 2 per lesion, classes cycling;
+    even rows biopsied (history filled), odd rows not (history and diameters blank)."""
+    patient = 10 + j // 3
+    lesion = 100 + j // 2
+    biopsied = j % 2 == 0
+    b = lambda flag: ("True" if flag else "False") if biopsied else ""  # noqa: E731
+    answer = lambda k: "UNK" if (j + k) % 5 == 0 else ("True" if (j + k) % 2 else "False")  # noqa: E731
+    return {
+        "patient_id": f"PAT_{patient}",
+        "lesion_id": str(lesion),
+        "smoke": b(j % 4 == 0),
+        "drink": b(j % 3 == 0),
+        "background_father": ["POMERANIA", "GERMANY", "BRAZIL"][j % 3] if biopsied else "",
+        "background_mother": ["ITALY", "POMERANIA"][(j // 2) % 2] if biopsied else "",
+        "age": str(20 + 3 * j),
+        "pesticide": b(j % 5 == 0),
+        "gender": ["MALE", "FEMALE"][(j // 2) % 2] if biopsied else "",
+        "skin_cancer_history": b(j % 4 == 2),
+        "cancer_history": b(True),
+        "has_piped_water": b(True),
+        "has_sewage_system": b(False),
+        "fitspatrick": f"{float(1 + j % 6):.1f}" if biopsied else "",
+        "region": PAD_REGIONS[j % len(PAD_REGIONS)],
+        "diameter_1": f"{5 + j}.0" if biopsied else "",
+        "diameter_2": f"{4 + j}.0" if biopsied else "",
+        "diagnostic": PAD_CLASSES[j % len(PAD_CLASSES)],
+        **{q: answer(k) for k, q in enumerate(PAD_QUESTIONS)},
+        "img_id": f"PAT_{patient}_{lesion}_{500 + j}.png",
+        "biopsed": "True" if biopsied or PAD_CLASSES[j % 6] in ("BCC", "MEL", "SCC") else "False",
+    }
+
+
+def write_pad_ufes20(
+    root: Path, n: int = 12, layout: str = "images", n_rgba: int = 2, seed: int = 0
+) -> FakeDataset:
+    """``metadata.csv`` (26 columns in order) and ``n`` PNGs in ``images/`` (the usual flattened
+    layout) or spread over ``imgs_part_1..3`` (as shipped). The first ``n_rgba`` images are RGBA
+    with pixel (0, 0) fully transparent."""
+    if layout not in ("images", "parts"):
+        raise ValueError(layout)
+    root = Path(root)
+    rng = np.random.default_rng([seed, 20])
+    rows = [pad_row(j) for j in range(n)]
+    images = {}
+    for j, row in enumerate(rows):
+        folder = "images" if layout == "images" else f"imgs_part_{1 + j % 3}"
+        size = 32 + 8 * (j % 2)  # square, varying size, as in PAD
+        image = random_image(rng, (size, size), "RGBA" if j < n_rgba else "RGB")
+        images[row["img_id"]] = _save(image, root / folder / row["img_id"])
+    csv_path = write_csv(root / "metadata.csv", PAD_COLUMNS, rows)
+    return FakeDataset(root, csv_path, rows, images)
+
+
+# --------------------------------------------------------------------------------------------
+# ISIC 2019
+# --------------------------------------------------------------------------------------------
+
+
+def isic2019_image_name(j: int) -> str:
+    name = f"ISIC_{j:07d}"
+    return f"{name}_downsampled" if j == 1 else name
+
+
+def write_isic2019(root: Path, n: int = 10, n_without_lesion: int = 3, seed: int = 0) -> FakeDataset:
+    """Ground truth (one-hot ``1.0``/``0.0`` with the all-zero ``UNK`` column), metadata (blank
+    ``lesion_id`` for the first ``n_without_lesion`` rows, later rows in pairs sharing a lesion,
+    some blank ages/sites/sexes) and JPEGs nested in ``ISIC_2019_Training_Input/`` twice, as the
+    zip unpacks. Image 1 is named ``ISIC_0000001_downsampled``. ``extra``: ``meta_path`` and
+    ``meta_rows``."""
+    root = Path(root)
+    rng = np.random.default_rng([seed, 2019])
+    truth, meta, images = [], [], {}
+    for j in range(n):
+        name = isic2019_image_name(j)
+        label = ISIC2019_CLASSES[j % len(ISIC2019_CLASSES)]
+        truth.append({"image": name, **{c: "1.0" if c == label else "0.0" for c in ISIC2019_GT_COLUMNS[1:]}})
+        meta.append({
+            "image": name,
+            "age_approx": "" if j % 4 == 3 else f"{30 + 5 * j}.0",
+            "anatom_site_general": "" if j % 5 == 4 else ISIC2019_SITES[j % len(ISIC2019_SITES)],
+            "lesion_id": "" if j < n_without_lesion else f"BCN_{(j - n_without_lesion) // 2:07d}",
+            "sex": ["male", "female", ""][j % 3],
+        })  # fmt: skip
+        images[name] = _save(random_image(rng, (32, 24)), root / ISIC2019_IMAGES / f"{name}.jpg")
+    (root / ISIC2019_IMAGES / "LICENSE.txt").write_text("CC BY-NC 4.0\n")
+    (root / ISIC2019_IMAGES / "ATTRIBUTION.txt").write_text("fake\n")
+    csv_path = write_csv(root / ISIC2019_GT, ISIC2019_GT_COLUMNS, truth)
+    meta_path = write_csv(root / ISIC2019_META, ISIC2019_META_COLUMNS, meta)
+    return FakeDataset(root, csv_path, truth, images, {"meta_path": meta_path, "meta_rows": meta})
+
+
+# --------------------------------------------------------------------------------------------
+# ISIC 2020
+# --------------------------------------------------------------------------------------------
+
+
+def write_isic2020(root: Path, n: int = 10, seed: int = 0) -> FakeDataset:
+    """``train.csv`` (exact 8 columns; 2 images per patient; every 4th row a melanoma, target 1;
+    some blank sex/age/site) with JPEGs in ``jpeg/train/``; also ``test.csv`` and one test image
+    in ``jpeg/test/`` (which the reader must not pick up)."""
+    root = Path(root)
+    rng = np.random.default_rng([seed, 2020])
+    rows, images = [], {}
+    non_mel = [d for d in ISIC2020_DIAGNOSES if d != "melanoma"]
+    for j in range(n):
+        name = f"ISIC_{2637011 + 7 * j}"
+        melanoma = j % 4 == 1
+        rows.append({
+            "image_name": name,
+            "patient_id": f"IP_{7279968 + j // 2}",
+            "sex": ["male", "female", ""][j % 3],
+            "age_approx": "" if j % 5 == 4 else f"{45 + 5 * (j % 6)}.0",
+            "anatom_site_general_challenge": "" if j % 6 == 5 else ISIC2020_SITES[j % len(ISIC2020_SITES)],
+            "diagnosis": "melanoma" if melanoma else non_mel[j % len(non_mel)],
+            "benign_malignant": "malignant" if melanoma else "benign",
+            "target": "1" if melanoma else "0",
+        })  # fmt: skip
+        images[name] = _save(random_image(rng, (40, 30)), root / "jpeg" / "train" / f"{name}.jpg")
+    csv_path = write_csv(root / "train.csv", ISIC2020_COLUMNS, rows)
+    write_csv(
+        root / "test.csv",
+        ISIC2020_COLUMNS[:5],
+        [{"image_name": "ISIC_0052060", "patient_id": "IP_3579794", "sex": "male", "age_approx": "70.0",
+          "anatom_site_general_challenge": ""}],
+    )  # fmt: skip
+    _save(random_image(rng, (40, 30)), root / "jpeg" / "test" / "ISIC_0052060.jpg")
+    return FakeDataset(root, csv_path, rows, images)
+
+
+# --------------------------------------------------------------------------------------------
+# HAM10000
+# --------------------------------------------------------------------------------------------
+
+
+def write_ham10000(root: Path, n: int = 14, part_style: str = "part1", seed: int = 0) -> FakeDataset:
+    """``HAM10000_metadata.csv`` with the newer 8th column ``dataset``; lesions of 1-3 images;
+    images split between ``HAM10000_images_part1`` and ``_part2`` (``part_style="part_1"``:
+    ``..._part_1`` / ``..._part_2``). Some ages blank, sex/localization sometimes ``unknown``."""
+    root = Path(root)
+    rng = np.random.default_rng([seed, 10000])
+    rows, images = [], {}
+    lesion, left = 0, 0
+    pattern = [3, 1, 2]  # images per lesion, cycling
+    for j in range(n):
+        if left == 0:
+            lesion += 1
+            left = pattern[lesion % 3]
+        left -= 1
+        image_id = f"ISIC_{27419 + j:07d}"
+        rows.append({
+            "lesion_id": f"HAM_{lesion:07d}",
+            "image_id": image_id,
+            "dx": HAM_CLASSES[lesion % len(HAM_CLASSES)],
+            "dx_type": ["histo", "follow_up", "consensus", "confocal"][lesion % 4],
+            "age": "" if j % 7 == 6 else f"{float(40 + 5 * (j % 9)):.1f}",
+            "sex": ["male", "female", "unknown"][j % 3],
+            "localization": HAM_LOCALIZATIONS[j % len(HAM_LOCALIZATIONS)],
+            "dataset": ["vidir_modern", "rosendahl", "vienna_dias", "vidir_molemax"][j % 4],
+        })  # fmt: skip
+        part = 1 if j < n // 2 else 2
+        folder = f"HAM10000_images_part{part}" if part_style == "part1" else f"HAM10000_images_part_{part}"
+        images[image_id] = _save(random_image(rng, (40, 30)), root / folder / f"{image_id}.jpg")
+    csv_path = write_csv(root / "HAM10000_metadata.csv", HAM_COLUMNS, rows)
+    return FakeDataset(root, csv_path, rows, images)

@@ -1,0 +1,238 @@
+"""LesionDataModule on the small synthetic dataset: batches, class weights, sampler, checkpoint
+state and the augmentation recipes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SMALL_SYNTHETIC
+from datamodules.dataset import load_mask, load_rgb
+from datamodules.lesion_datamodule import LesionDataModule
+from datamodules.metadata import MetadataEncoder
+from datamodules.records import DatasetError
+from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, RECIPES, build_transforms
+
+MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+def make_dm(synthetic_cache, **overrides) -> LesionDataModule:
+    kwargs = dict(
+        dataset="synthetic",
+        data_dir=str(synthetic_cache),
+        source_options=dict(SMALL_SYNTHETIC),
+        image_size=32,
+        batch_size=8,
+        num_workers=0,
+    )
+    kwargs.update(overrides)
+    return LesionDataModule(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def dm(synthetic_cache):
+    module = make_dm(synthetic_cache)
+    module.prepare_data()
+    module.setup("fit")
+    return module
+
+
+def test_batch_keys_and_shapes(dm):
+    torch.manual_seed(0)
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"image", "meta", "label", "index", "mask"}
+    assert batch["image"].shape == (8, 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["meta"].shape == (8, dm.meta_dim) and batch["meta"].dtype == torch.float32
+    assert batch["label"].shape == (8,) and batch["label"].dtype == torch.long
+    assert batch["index"].shape == (8,) and batch["index"].dtype == torch.long
+    assert batch["mask"].shape == (8, 32, 32) and batch["mask"].dtype == torch.float32
+    assert set(torch.unique(batch["mask"]).tolist()) <= {0.0, 1.0}
+    assert batch["mask"].sum() > 0
+    train = dm.records("train")
+    for k in range(8):
+        record = train[int(batch["index"][k])]
+        assert int(batch["label"][k]) == record.label
+        np.testing.assert_array_equal(batch["meta"][k].numpy(), dm.encoder.encode(record.meta))
+
+
+def test_eval_batch_matches_files(dm):
+    batch = next(iter(dm.val_dataloader()))
+    record = dm.records("val")[int(batch["index"][0])]
+    mask = load_mask(record.mask_path)
+    image = load_rgb(record.image_path)
+    assert batch["mask"][0].mean().item() == pytest.approx(mask.mean(), abs=0.05)
+    # the eval transform only resizes and normalises: the mean colour survives
+    colour = (batch["image"][0] * STD + MEAN).mean(dim=(1, 2)).numpy()
+    np.testing.assert_allclose(colour, image.reshape(-1, 3).mean(0) / 255, atol=0.02)
+
+
+def test_classes_and_meta_dim(dm):
+    assert dm.num_classes == 6
+    assert dm.class_names == ["ACK", "BCC", "MEL", "NEV", "SCC", "SEK"]
+    assert dm.meta_dim == dm.encoder.dim == len(dm.encoder.feature_names)
+    assert dm.encoder.numeric == ["age"]
+    assert "region=FACE" in dm.encoder.feature_names and "fitspatrick=<missing>" in dm.encoder.feature_names
+    sizes = {s: len(dm.records(s)) for s in ("train", "val", "test")}
+    assert sum(sizes.values()) == len(dm.records("all"))
+    assert 0.5 < sizes["train"] / len(dm.records("all")) < 0.7
+    assert "synthetic from" in dm.describe() and f"{dm.meta_dim} metadata features" in dm.describe()
+
+
+def test_no_metadata_features(synthetic_cache):
+    module = make_dm(synthetic_cache, meta_features=[])
+    assert module.meta_dim == 0 and module.encoder.feature_names == []
+
+
+def test_class_weights(dm):
+    labels = [r.label for r in dm.records("train")]
+    counts = np.bincount(labels, minlength=6)
+    n, k = len(labels), 6
+    weights = dm.class_weights
+    assert len(weights) == 6
+    mel = dm.class_names.index("MEL")
+    assert weights[mel] == pytest.approx(n / (k * counts[mel]))  # hand check: the rarest class
+    np.testing.assert_allclose(weights, n / (k * counts))
+    assert max(weights) == weights[mel]
+    assert sum(w * c for w, c in zip(weights, counts)) == pytest.approx(n)  # balanced total mass
+
+
+def test_balanced_sampler_oversamples_rare_classes(synthetic_cache):
+    module = make_dm(synthetic_cache, balanced_sampler=True)
+    module.setup("fit")
+    loader = module.train_dataloader()
+    sampler = loader.sampler
+    assert isinstance(sampler, torch.utils.data.WeightedRandomSampler)
+    labels = np.array([r.label for r in module.records("train")])
+    drawn = np.concatenate([labels[list(sampler)] for _ in range(20)])
+    frequency = np.bincount(labels, minlength=6) / len(labels)
+    share = np.bincount(drawn, minlength=6) / len(drawn)
+    mel = module.class_names.index("MEL")
+    assert frequency[mel] < 0.06
+    assert share[mel] > 3 * frequency[mel]
+    np.testing.assert_allclose(share, 1 / 6, atol=0.05)  # about uniform over classes
+    # without the option: plain shuffling, the data's own frequencies
+    plain = make_dm(synthetic_cache)
+    plain.setup("fit")
+    assert not isinstance(plain.train_dataloader().sampler, torch.utils.data.WeightedRandomSampler)
+
+
+def test_state_dict_round_trip(synthetic_cache, dm):
+    state = dm.state_dict()
+    assert state["class_names"] == dm.class_names and state["feature_names"] == dm.encoder.feature_names
+    buffer = io.BytesIO()
+    torch.save({"datamodule": state}, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)["datamodule"]
+
+    # fresh module: the encoder comes from the checkpoint, not from fitting a split
+    fresh = make_dm(synthetic_cache, fold=3)
+    fresh.load_state_dict(loaded)
+    assert fresh.encoder.state_dict() == dm.encoder.state_dict()
+
+    # a module already set up on another fold: updated in place, so its datasets use it too
+    other = make_dm(synthetic_cache, fold=2)
+    other.setup("fit")
+    assert other.encoder.mean["age"] != pytest.approx(dm.encoder.mean["age"])
+    other.load_state_dict(loaded)
+    assert other.encoder.mean == dm.encoder.mean and other.encoder.categories == dm.encoder.categories
+    assert other.datasets["train"].encoder is other.encoder
+    record = other.records("val")[0]
+    np.testing.assert_array_equal(other.datasets["val"][0]["meta"].numpy(), dm.encoder.encode(record.meta))
+
+
+def test_load_state_dict_rejects_other_classes(synthetic_cache, dm):
+    state = dm.state_dict()
+    state["class_names"] = ["benign", "malignant"]
+    fresh = make_dm(synthetic_cache)
+    with pytest.raises(DatasetError, match=r"checkpoint was trained on classes \['benign', 'malignant'\]"):
+        fresh.load_state_dict(state)
+
+
+def test_load_state_dict_rejects_unknown_columns(synthetic_cache, dm):
+    state = dm.state_dict()
+    encoder = MetadataEncoder.from_state_dict(state["encoder"])
+    encoder.numeric = ["age_approx"]  # an ISIC column
+    state["encoder"] = encoder.state_dict()
+    with pytest.raises(DatasetError, match=r"metadata feature\(s\) \['age_approx'\]"):
+        make_dm(synthetic_cache).load_state_dict(state)
+
+
+# --------------------------------------------------------------------------------------------
+# Augmentation recipes
+# --------------------------------------------------------------------------------------------
+
+
+def half_red_image(size: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """Left half pure red with mask 1; right half blue with mask 0."""
+    image = np.zeros((size, size, 3), np.uint8)
+    image[:, : size // 2] = (255, 0, 0)
+    image[:, size // 2 :] = (0, 0, 255)
+    mask = np.zeros((size, size), np.uint8)
+    mask[:, : size // 2] = 1
+    return image, mask
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("train", [True, False])
+def test_recipes_give_normalised_tensors(recipe, train):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (50, 40, 3), dtype=np.uint8)
+    mask = (rng.random((50, 40)) > 0.5).astype(np.uint8)
+    transform = build_transforms(train, 32, recipe)
+    out = transform(image=image, mask=mask)
+    assert out["image"].shape == (3, 32, 32) and out["image"].dtype == torch.float32
+    assert tuple(out["mask"].shape) == (32, 32)
+    assert set(np.unique(np.asarray(out["mask"])).tolist()) <= {0, 1}
+    low = ((0 - MEAN) / STD).min().item()
+    high = ((1 - MEAN) / STD).max().item()
+    assert low - 1e-4 <= out["image"].min().item() and out["image"].max().item() <= high + 1e-4
+
+
+def test_none_recipe_normalises_exactly():
+    image = np.full((40, 40, 3), (128, 64, 255), np.uint8)
+    for train in (True, False):
+        out = build_transforms(train, 16, "none")(image=image)["image"]
+        expected = (torch.tensor([128, 64, 255]) / 255.0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+        torch.testing.assert_close(out, expected.view(3, 1, 1).expand(3, 16, 16), atol=1e-5, rtol=0)
+
+
+def test_eval_transform_is_deterministic():
+    image, mask = half_red_image()
+    transform = build_transforms(False, 32, "isic")
+    a, b = transform(image=image, mask=mask), transform(image=image, mask=mask)
+    assert torch.equal(a["image"], b["image"])
+    np.testing.assert_array_equal(np.asarray(a["mask"]), np.asarray(b["mask"]))
+    np.testing.assert_array_equal(np.asarray(a["mask"])[:, :16], 1)
+    np.testing.assert_array_equal(np.asarray(a["mask"])[:, 16:], 0)
+
+
+def test_unknown_recipe():
+    with pytest.raises(ValueError, match="augmentation recipe must be one of"):
+        build_transforms(True, 32, "heavy")
+
+
+@pytest.mark.parametrize("recipe", ["light", "isic"])
+def test_train_transform_keeps_mask_aligned(recipe):
+    image, mask = half_red_image()
+    transform = build_transforms(True, 32, recipe)
+    transform.set_random_seed(0)  # reproducible draws
+    moved = 0
+    for _ in range(25):
+        out = transform(image=image, mask=mask)
+        rgb = (out["image"] * STD + MEAN).clamp(0, 1)
+        m = np.asarray(out["mask"]).astype(bool)
+        redness = (rgb[0] - rgb[2]).numpy()
+        red, blue = redness > 0.3, redness < -0.3
+        assert m.sum() > 0
+        if recipe == "light":
+            assert red[m].mean() > 0.9  # masked pixels are the red ones...
+            assert red[~m].mean() < 0.1  # ...and no unmasked pixel is red
+        else:  # the ISIC recipe also distorts, blurs, shifts hue and drops out a square (image only)
+            assert red[m].mean() > 0.4 and blue[m].mean() < 0.15  # a misaligned mask covers ~50 % blue
+            assert red[~m].mean() < 0.15
+        moved += not np.array_equal(m[:, :16], np.ones((32, 16), bool))
+    assert moved > 5  # the geometry really changed in most draws (flips, transposes, affine)
