@@ -55,6 +55,6 @@ test-slow: $(STAMP) ## slow integration tests (DDP on CPU, multi-epoch runs)
 bench: $(STAMP) ## training and data-loading images/s of the default experiment
 	$(PY) -m experiments.bench --config experiments/$(EXP).yaml $(ARGS)
 
-clean: ## remove run folders, caches and the virtual environment
-	rm -rf runs wandb lightning_logs .pytest_cache .cache $(VENV)
-	find . -name __pycache__ -prune -exec rm -rf {} +
+clean: ## remove caches (keeps runs/, the synthetic data cache and .venv)
+	rm -rf wandb lightning_logs .pytest_cache
+	find . -name __pycache__ -prune -not -path './$(VENV)/*' -exec rm -rf {} +

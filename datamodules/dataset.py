@@ -14,12 +14,20 @@ from datamodules.metadata import MetadataEncoder
 from datamodules.records import DatasetError, LesionRecord
 
 
-def load_rgb(path: Path, dataset: str = "dataset", line: Optional[int] = None) -> np.ndarray:
+def load_rgb(
+    path: Path, dataset: str = "dataset", line: Optional[int] = None, min_side: Optional[int] = None
+) -> np.ndarray:
     """Any PNG/JPEG as an RGB uint8 array: EXIF rotation applied; RGBA, palette, grayscale,
-    16-bit converted. A missing or unreadable file names itself and its CSV line."""
+    16-bit converted. A missing or unreadable file names itself and its CSV line.
+
+    ``min_side``: JPEGs may be decoded at a reduced scale that keeps both sides at least this
+    long (libjpeg's DCT scaling): full-resolution ISIC photos decode several times faster.
+    """
     where = f" (listed on line {line})" if line is not None else ""
     try:
         with Image.open(path) as image:
+            if min_side and image.format == "JPEG":
+                image.draft("RGB", (min_side, min_side))
             image = ImageOps.exif_transpose(image)
             if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
                 image = image.convert("RGBA")
@@ -47,8 +55,8 @@ def load_mask(path: Path, dataset: str = "dataset") -> np.ndarray:
 
 class LesionDataset(Dataset):
     """Items are dicts: ``image`` (3,H,W) float, ``meta`` (D,) float, ``label`` long, ``index``
-    (position in ``records``, to trace predictions back to image ids) and, when every record has
-    one, ``mask`` (H,W) float in {0, 1}."""
+    (position in ``records``, to trace predictions back to image ids) and, with ``load_masks`` when
+    every record has one, ``mask`` (H,W) float in {0, 1}."""
 
     def __init__(
         self,
@@ -56,19 +64,24 @@ class LesionDataset(Dataset):
         encoder: MetadataEncoder,
         transform,
         dataset: str = "dataset",
+        load_masks: bool = True,
+        image_size: Optional[int] = None,
     ):
         self.records = list(records)
         self.encoder = encoder  # shared: a checkpoint's encoder, once loaded, applies at once
         self.transform = transform
         self.dataset = dataset
-        self.with_masks = bool(self.records) and all(r.mask_path is not None for r in self.records)
+        self.image_size = image_size
+        self.with_masks = load_masks and bool(self.records) and all(r.mask_path is not None for r in self.records)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
-        image = load_rgb(record.image_path, self.dataset, record.line)
+        # Decode at no less than twice the training size: the resize then still anti-aliases.
+        min_side = 2 * self.image_size if self.image_size else None
+        image = load_rgb(record.image_path, self.dataset, record.line, min_side)
         if self.with_masks:
             mask = load_mask(record.mask_path, self.dataset)
             if mask.shape != image.shape[:2]:

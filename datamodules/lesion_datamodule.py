@@ -10,6 +10,7 @@ the model's arguments).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional
@@ -17,9 +18,10 @@ from typing import Any, Optional
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from datamodules.dataset import LesionDataset
+from datamodules.dataset import LesionDataset, load_rgb
 from datamodules.metadata import MetadataEncoder
 from datamodules.records import DatasetError, LesionRecord, LesionTable
 from datamodules.sources import DATASETS, read_table
@@ -46,6 +48,9 @@ class LesionDataModule(L.LightningDataModule):
         eval_batch_size: Optional[int] = None,
         num_workers: int = 2,
         predict_split: str = "test",
+        load_masks: bool = False,
+        min_class_images: int = 0,
+        verify_images: bool = False,
     ):
         """
         Args:
@@ -61,6 +66,11 @@ class LesionDataModule(L.LightningDataModule):
                 validation).
             balanced_sampler: draw training batches with inverse class-frequency weights.
             predict_split: records used by ``predict``: ``train``, ``val``, ``test`` or ``all``.
+            load_masks: add each image's lesion mask to the batch (datasets that have masks).
+            min_class_images: drop classes with fewer images (e.g. ISIC 2020's one-image
+                diagnoses); the dropped classes and image counts are reported. 0 keeps all.
+            verify_images: decode every image once in ``prepare_data`` and report all unreadable
+                files together, before training starts.
         """
         super().__init__()
         if dataset not in DATASETS:
@@ -74,22 +84,23 @@ class LesionDataModule(L.LightningDataModule):
     @cached_property
     def table(self) -> LesionTable:
         hp = self.hparams
-        return read_table(hp.dataset, hp.data_dir, **(hp.source_options or {}))
+        table = read_table(hp.dataset, hp.data_dir, **(hp.source_options or {}))
+        return drop_rare_classes(table, hp.min_class_images) if hp.min_class_images else table
 
     @cached_property
     def split_records(self) -> dict[str, list[LesionRecord]]:
         hp = self.hparams
         indices = split_indices(self.table.records, hp.fold, hp.n_folds, hp.split_seed, hp.dataset)
         out = {name: [self.table.records[i] for i in idx] for name, idx in indices.items()}
-        absent = [
-            self.table.class_names[k]
-            for k in range(len(self.table.class_names))
-            if not any(r.label == k for r in out["train"])
-        ]
-        if absent:
-            raise DatasetError(
-                f"{hp.dataset}: class(es) {absent} have no training image in fold {hp.fold}/{hp.n_folds}"
-            )
+        for split, records in out.items():
+            present = {r.label for r in records}
+            absent = [name for k, name in enumerate(self.table.class_names) if k not in present]
+            if absent:  # an absent class would score AUROC 0 and drag the macro average down
+                raise DatasetError(
+                    f"{hp.dataset}: class(es) {absent} have no image in the {split} split of fold "
+                    f"{hp.fold}/{hp.n_folds}; use fewer folds or drop rare classes "
+                    f"(--data.min_class_images=N)"
+                )
         return out
 
     @cached_property
@@ -122,16 +133,23 @@ class LesionDataModule(L.LightningDataModule):
     # -- Lightning hooks -----------------------------------------------------------------------
     def prepare_data(self) -> None:
         # Generates the synthetic data (once, in the cache) or validates the CSVs and image files.
-        _ = self.table
+        if self.hparams.verify_images:
+            verify_images(self.table)
+        else:
+            _ = self.table
 
     def setup(self, stage: Optional[str] = None) -> None:
         hp = self.hparams
         eval_tf = build_transforms(False, hp.image_size, hp.augment, hp.normalize_mean, hp.normalize_std)
         train_tf = build_transforms(True, hp.image_size, hp.augment, hp.normalize_mean, hp.normalize_std)
+        # Reproducible in-process augmentation (workers reseed in `seed_augmentations`).
+        train_tf.set_random_seed(int(torch.initial_seed()) % 2**32)
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": (hp.predict_split,)}
         for split in wanted.get(stage, (*SPLITS, hp.predict_split)):
             transform = train_tf if split == "train" else eval_tf
-            self.datasets[split] = LesionDataset(self.records(split), self.encoder, transform, hp.dataset)
+            self.datasets[split] = LesionDataset(
+                self.records(split), self.encoder, transform, hp.dataset, hp.load_masks, hp.image_size
+            )
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         hp = self.hparams
@@ -139,7 +157,8 @@ class LesionDataModule(L.LightningDataModule):
         if train and hp.balanced_sampler:
             labels = np.array([r.label for r in self.records("train")])
             weights = 1.0 / np.bincount(labels, minlength=self.num_classes)[labels]
-            generator = torch.Generator().manual_seed(hp.split_seed)
+            # Seeded from the run seed (seed_everything), so different seeds draw different batches.
+            generator = torch.Generator().manual_seed(int(torch.initial_seed()) % 2**63)
             sampler = WeightedRandomSampler(weights.tolist(), len(labels), replacement=True, generator=generator)
         return DataLoader(
             self.datasets[split],
@@ -148,6 +167,7 @@ class LesionDataModule(L.LightningDataModule):
             sampler=sampler,
             drop_last=train and len(self.datasets[split]) > hp.batch_size,  # BatchNorm needs > 1 sample
             num_workers=hp.num_workers,
+            worker_init_fn=seed_augmentations,
             persistent_workers=hp.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
@@ -186,11 +206,58 @@ class LesionDataModule(L.LightningDataModule):
         else:  # no need to fit on a training split first (predicting on a new dataset)
             self.__dict__["encoder"] = MetadataEncoder.from_state_dict(encoder)
 
-    def describe(self) -> str:
-        counts = {s: len(self.records(s)) for s in SPLITS}
-        return (
-            f"{self.hparams.dataset} from {Path(self.table.csv_path).parent}: {len(self.table.records)} images, "
-            f"{len({r.group for r in self.table.records})} groups, classes {self.class_names}, "
-            f"split {counts} (fold {self.hparams.fold}/{self.hparams.n_folds}), "
-            f"{self.meta_dim} metadata features"
-        )
+    def summary(self) -> dict[str, Any]:
+        """What the run was trained on (printed at start, stored in metrics.json)."""
+        hp = self.hparams
+        return {
+            "dataset": hp.dataset,
+            "data_dir": str(Path(self.table.csv_path).parent),
+            "images": len(self.table.records),
+            "groups": len({r.group for r in self.table.records}),
+            "class_names": self.class_names,
+            "split_sizes": {s: len(self.records(s)) for s in SPLITS},
+            "fold": hp.fold,
+            "n_folds": hp.n_folds,
+            "split_seed": hp.split_seed,
+            "meta_features": self.encoder.feature_names,
+        }
+
+
+def seed_augmentations(worker_id: int) -> None:
+    """Give each DataLoader worker its own augmentation stream.
+
+    albumentations 2.x ``Compose`` owns a random generator seeded once at construction; forked
+    workers inherit identical copies and would apply identical augmentations. torch seeds each
+    worker differently (and reproducibly, from the run seed), so reseed from that.
+    """
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(int(torch.initial_seed()) % 2**32)
+
+
+def drop_rare_classes(table: LesionTable, min_images: int) -> LesionTable:
+    counts = np.bincount([r.label for r in table.records], minlength=len(table.class_names))
+    keep = [k for k, n in enumerate(counts) if n >= min_images]
+    dropped = {table.class_names[k]: int(counts[k]) for k in range(len(counts)) if counts[k] < min_images}
+    if not dropped:
+        return table
+    rank_zero_warn(
+        f"{table.dataset}: dropped {sum(dropped.values())} image(s) of {len(dropped)} class(es) with fewer than "
+        f"{min_images} images: {dropped}"
+    )
+    new_label = {old: new for new, old in enumerate(keep)}
+    records = [replace(r, label=new_label[r.label]) for r in table.records if r.label in new_label]
+    return replace(table, class_names=[table.class_names[k] for k in keep], records=records)
+
+
+def verify_images(table: LesionTable) -> None:
+    """Decode every image; raise once, listing every unreadable file with its CSV line."""
+    bad = []
+    for record in table.records:
+        try:
+            load_rgb(record.image_path, table.dataset, record.line)
+        except DatasetError as err:
+            bad.append(str(err))
+    if bad:
+        raise DatasetError(f"{table.dataset}: {len(bad)} unreadable image(s):\n  " + "\n  ".join(bad[:20]))

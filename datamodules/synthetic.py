@@ -7,11 +7,13 @@ reader, plus a lesion mask per image (``masks/``) for scoring attention maps.
 The generator's rules (also in the README):
 
 * **Patients, lesions, images** as in PAD-UFES-20: most patients have one lesion, some two or
-  three; a lesion has one or two photos (re-framed, re-lit). Class frequencies follow PAD
-  (ACK 32 %, BCC 37 %, MEL 2 %, NEV 11 %, SCC 8 %, SEK 10 %).
+  three; a lesion has one or two photos. A lesion is drawn once; each photo re-frames it (zoom,
+  rotation, position, size) and adds its own light, hairs, ruler and noise, so photos of one
+  lesion are near-duplicates, which is what makes patient-grouped splits matter. Class
+  frequencies follow PAD (ACK 32 %, BCC 37 %, MEL 2 %, NEV 11 %, SCC 8 %, SEK 10 %).
 * **ABCD cues per class**: Asymmetry (low-frequency warping of the outline), Border irregularity
   (high-frequency ripples, sharp or blurred edge), Colour variegation (one to four colours mixed
-  by a smooth random field), Diameter (lesion size in the frame and ``diameter_1/2`` in mm).
+  by a smooth random field), Diameter (``diameter_1/2`` in mm, which sets the drawn size).
 
   ==== =========================================================================================
   NEV  small, round, symmetric, smooth sharp border, one even brown
@@ -20,7 +22,7 @@ The generator's rules (also in the README):
   BCC  pink pearly nodule, bright rolled rim, red branching vessels, sometimes a dark ulcer
   ACK  red scaly patch, blurred border, white scale flecks
   SCC  drawn by exactly the same rules as ACK: **only the metadata tells them apart**
-       (SCC bleeds, is raised, grew and hurts far more often, in older patients, and is larger)
+       (SCC bleeds, is raised, grew and hurts far more often, in older patients)
   ==== =========================================================================================
 
   NEV and SEK also overlap partly (a share of naevi are textured); age separates them (SEK in
@@ -51,7 +53,7 @@ from PIL import Image
 
 from datamodules.sources import pad_ufes20
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 CLASS_PRIOR = {"ACK": 0.318, "BCC": 0.368, "MEL": 0.023, "NEV": 0.106, "SCC": 0.084, "SEK": 0.101}
 MASK_FOLDER = "masks"
 
@@ -103,9 +105,13 @@ def generate(config: SyntheticConfig, out_dir: Path) -> None:
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / MASK_FOLDER).mkdir(parents=True, exist_ok=True)
     rows = sample_metadata(config)
+    lesions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for i, row in enumerate(rows):
-        rng = np.random.default_rng([config.seed, 1, i])
-        image, mask = render_lesion(row, rng, config)
+        lesion_id = row["lesion_id"]
+        if lesion_id not in lesions:  # a lesion is drawn once; each of its photos re-frames it
+            lesions = {lesion_id: draw_lesion(row, np.random.default_rng([config.seed, 1, int(lesion_id)]))}
+        rng = np.random.default_rng([config.seed, 2, i])
+        image, mask = photograph(*lesions[lesion_id], rng, config)
         name = row["img_id"]
         if rng.random() < config.rgba_fraction:
             alpha = np.full(image.shape[:2] + (1,), 255, np.uint8)
@@ -131,9 +137,9 @@ def generate(config: SyntheticConfig, out_dir: Path) -> None:
 #: Per class: mean/sd of age, P(True) of the six questions, diameter mean (mm), likely regions.
 CLASS_METADATA = {
     "ACK": dict(age=(64, 11), itch=0.55, grew=0.25, hurt=0.15, changed=0.10, bleed=0.10,
-                elevation=0.30, diameter=6, regions=["FACE", "FOREARM", "ARM", "HAND", "NOSE", "SCALP"]),
+                elevation=0.30, diameter=8, regions=["FACE", "FOREARM", "ARM", "HAND", "NOSE", "SCALP"]),
     "SCC": dict(age=(69, 10), itch=0.45, grew=0.85, hurt=0.60, changed=0.45, bleed=0.75,
-                elevation=0.85, diameter=11, regions=["FACE", "FOREARM", "ARM", "HAND", "NOSE", "LIP"]),
+                elevation=0.85, diameter=8, regions=["FACE", "FOREARM", "ARM", "HAND", "NOSE", "LIP"]),
     "BCC": dict(age=(62, 12), itch=0.30, grew=0.60, hurt=0.20, changed=0.30, bleed=0.45,
                 elevation=0.60, diameter=9, regions=["FACE", "NOSE", "BACK", "CHEST", "NECK", "EAR"]),
     "MEL": dict(age=(56, 14), itch=0.25, grew=0.80, hurt=0.15, changed=0.75, bleed=0.30,
@@ -211,6 +217,14 @@ def sample_metadata(config: SyntheticConfig) -> list[dict]:
     return rows
 
 
+def _diameter_mm(row: dict) -> float:
+    """The lesion's true diameter (rows report it only for biopsied lesions, as PAD does)."""
+    for key in ("_diameter", "diameter_1"):
+        if row.get(key) not in (None, ""):
+            return float(row[key])
+    return 7.0
+
+
 def _bool(rng: np.random.Generator, p_true: float) -> str:
     return "True" if rng.random() < p_true else "False"
 
@@ -254,21 +268,28 @@ def _outline(rng, asymmetry: float, ripple: float, samples: int = 720) -> tuple[
     return angles, np.clip(r, 0.35, None)
 
 
+CANVAS = 192  #: side of the canvas a lesion is drawn on, before each photo frames it
+
+
 def render_lesion(row: dict, rng: np.random.Generator, config: SyntheticConfig):
-    """One RGB uint8 image and its binary uint8 lesion mask for a metadata row."""
+    """One photo (RGB uint8) and its lesion mask for a metadata row, drawn from one generator."""
+    return photograph(*draw_lesion(row, rng), rng, config)
+
+
+def draw_lesion(row: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The lesion on its patch of skin (float RGB canvas) and its mask: everything the class and
+    the patient decide. Framing, light and distractors belong to each photo (``photograph``)."""
     cls = row["diagnostic"]
-    size = int(rng.integers(config.min_size, config.max_size + 1))
+    size = CANVAS
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     fitz = int(float(row["fitspatrick"])) if row["fitspatrick"] else int(rng.choice([2, 3]))
     skin = np.clip(SKIN[fitz - 1] * (1 + rng.normal(0, 0.03, 3)), 0, 1)
-    image = np.broadcast_to(skin, (size, size, 3)).copy()
-    image *= (0.92 + 0.08 * _smooth_field(rng, size, 4))[..., None]  # skin mottling
+    image = np.broadcast_to(skin, (size, size, 3)).astype(np.float32)
+    image = image * (0.92 + 0.08 * _smooth_field(rng, size, 4))[..., None]  # skin mottling
 
-    # Diameter: bigger lesions fill more of the frame, through a random camera zoom.
-    zoom = rng.uniform(0.75, 1.3)
-    base = {"NEV": 0.15, "SEK": 0.22, "MEL": 0.30, "BCC": 0.22, "ACK": 0.24, "SCC": 0.24}[cls]
-    radius = size * float(np.clip(base * zoom * rng.uniform(0.85, 1.15), 0.1, 0.4))
-    cx, cy = size / 2 + rng.normal(0, size * 0.06, 2)
+    # Diameter: the lesion's size on the skin follows its diameter in mm (the photo's zoom varies).
+    radius = size * float(np.clip(0.06 + 0.016 * _diameter_mm(row), 0.08, 0.34))
+    cx, cy = size / 2, size / 2
     theta = np.arctan2(yy - cy, xx - cx)
     dist = np.hypot(xx - cx, yy - cy)
     aspect = rng.uniform(0.8, 1.0)
@@ -276,23 +297,35 @@ def render_lesion(row: dict, rng: np.random.Generator, config: SyntheticConfig):
     dist = dist * np.sqrt(np.cos(theta - rot) ** 2 + (np.sin(theta - rot) / aspect) ** 2)
 
     asym, ripple, softness = {
-        "NEV": (0.04, 0.01, 0.8),
-        "SEK": (0.08, 0.02, 0.8),
-        "MEL": (0.30, 0.10, 1.2),
-        "BCC": (0.08, 0.03, 1.5),
-        "ACK": (0.15, 0.04, 4.5),
-        "SCC": (0.15, 0.04, 4.5),
+        "NEV": (0.04, 0.01, 1.2),
+        "SEK": (0.08, 0.02, 1.2),
+        "MEL": (0.30, 0.10, 1.8),
+        "BCC": (0.08, 0.03, 2.2),
+        "ACK": (0.15, 0.04, 6.5),
+        "SCC": (0.15, 0.04, 6.5),
     }[cls]
     angles, table = _outline(rng, asym, ripple)
     r_theta = radius * np.interp(theta, angles, table).astype(np.float32)
-    inside = 1.0 / (1.0 + np.exp(-(r_theta - dist) / softness))  # soft lesion alpha
+    inside = 1.0 / (1.0 + np.exp(np.clip((dist - r_theta) / softness, -50, 50)))  # soft lesion alpha
     mask = (dist <= r_theta).astype(np.uint8)
 
     lesion = _lesion_colour(cls, rng, size, dist, r_theta)
     alpha = inside * {"BCC": 0.8, "ACK": 0.75, "SCC": 0.75}.get(cls, 0.95)
     image = image * (1 - alpha[..., None]) + lesion * alpha[..., None]
     image = _class_details(cls, rng, image, mask, dist, r_theta, cx, cy)
-    image = _distractors(rng, image)
+    return image.astype(np.float32), mask
+
+
+def photograph(canvas: np.ndarray, mask: np.ndarray, rng: np.random.Generator, config: SyntheticConfig):
+    """One photo of a drawn lesion: random size, zoom, rotation and framing, then lighting,
+    distractors (independent of the label) and sensor noise. Returns RGB uint8 and mask uint8."""
+    size = int(rng.integers(config.min_size, config.max_size + 1))
+    zoom = rng.uniform(0.8, 1.2)
+    matrix = cv2.getRotationMatrix2D((CANVAS / 2, CANVAS / 2), rng.uniform(0, 360), zoom * size / CANVAS)
+    matrix[:, 2] += (size - CANVAS) / 2 + rng.normal(0, size * 0.05, 2)
+    image = cv2.warpAffine(canvas, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT)
+    mask = cv2.warpAffine(mask, matrix, (size, size), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+    image = _distractors(rng, image.astype(np.float64))
     image = np.clip(image + rng.normal(0, 0.015, image.shape), 0, 1)
     return (image * 255).astype(np.uint8), mask
 
@@ -326,12 +359,12 @@ def _class_details(cls, rng, image, mask, dist, r_theta, cx, cy) -> np.ndarray:
         # keratin dots (bright) and fissures (dark); a fifth of naevi get a few dots too
         for _ in range(int(rng.integers(8, 20)) if cls == "SEK" else int(rng.integers(2, 6))):
             j = rng.integers(len(ys))
-            cv2.circle(image, (int(xs[j]), int(ys[j])), int(rng.integers(1, 3)),
+            cv2.circle(image, (int(xs[j]), int(ys[j])), int(rng.integers(2, 4)),
                        tuple(float(v) for v in np.clip(TAN + 0.25, 0, 1)), -1, cv2.LINE_AA)
         for _ in range(int(rng.integers(2, 5)) if cls == "SEK" else 0):
             j = rng.integers(len(ys))
             end = (int(xs[j] + rng.normal(0, size * 0.06)), int(ys[j] + rng.normal(0, size * 0.06)))
-            cv2.line(image, (int(xs[j]), int(ys[j])), end, (0.3, 0.2, 0.12), 1, cv2.LINE_AA)
+            cv2.line(image, (int(xs[j]), int(ys[j])), end, (0.3, 0.2, 0.12), 2, cv2.LINE_AA)
     elif cls == "BCC":
         for _ in range(int(rng.integers(2, 5))):  # branching vessels
             angle = rng.uniform(0, 2 * np.pi)
@@ -340,14 +373,14 @@ def _class_details(cls, rng, image, mask, dist, r_theta, cx, cy) -> np.ndarray:
             for _ in range(4):
                 angle += rng.normal(0, 0.6)
                 points.append(points[-1] + rng.uniform(2, max(2.5, size * 0.05)) * np.array([np.cos(angle), np.sin(angle)]))
-            cv2.polylines(image, [np.array(points, np.int32)], False, (0.75, 0.1, 0.15), 1, cv2.LINE_AA)
+            cv2.polylines(image, [np.array(points, np.int32)], False, (0.75, 0.1, 0.15), 2, cv2.LINE_AA)
         if rng.random() < 0.4:  # ulcer
             cv2.circle(image, (int(cx), int(cy)), max(2, int(0.25 * np.median(r_theta))),
                        (0.45, 0.15, 0.12), -1, cv2.LINE_AA)
     elif cls in ("ACK", "SCC"):
         for _ in range(int(rng.integers(10, 25))):  # white scale flecks
             j = rng.integers(len(ys))
-            axes = (int(rng.integers(1, 3)), int(rng.integers(1, 2)))
+            axes = (int(rng.integers(2, 4)), int(rng.integers(1, 3)))
             cv2.ellipse(image, (int(xs[j]), int(ys[j])), axes, float(rng.uniform(0, 180)), 0, 360,
                         (0.95, 0.92, 0.85), -1, cv2.LINE_AA)
     return image

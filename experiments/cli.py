@@ -10,18 +10,22 @@ Each run writes to its own folder ``runs/<run.name>/<timestamp>-s<seed>/``::
     test_*.png         confusion matrix and ROC curves of the test split
     wandb/             the W&B run (offline unless WANDB_MODE=online; `wandb sync` later)
 
-Resuming (``--resume path/to/last.ckpt``) continues in the checkpoint's run folder.
+Resuming (``--resume path/to/last.ckpt``) continues in the checkpoint's run folder with that
+run's own ``config.yaml`` (command-line overrides such as ``--trainer.max_epochs`` still apply;
+changing the data or its split is refused).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.lesion_datamodule import LesionDataModule
 from experiments.loggers import make_csv_logger, make_wandb_logger
@@ -32,18 +36,38 @@ from lightning_modules.classifier import LesionClassifier
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 BASE_CONFIG = EXPERIMENTS_DIR / "base.yaml"
 RUN_DIR_ENV = "DERMATTN_RUN_DIR"  # hands rank 0's run folder to the DDP worker processes
+#: Settings a resumed run must share with the run it continues (else its test split changes).
+DATA_IDENTITY = ("dataset", "data_dir", "source_options", "meta_features", "fold", "n_folds", "split_seed",
+                 "min_class_images")  # fmt: skip
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Saves the resolved config without the one-off ``resume`` / ``run.dir`` settings, so that
+    ``--config <run>/config.yaml`` starts a fresh run with the same settings."""
+
+    def __init__(self, parser, config, *args, **kwargs):
+        config = config.clone()
+        config.resume = None
+        config.run.dir = None
+        super().__init__(parser, config, *args, **kwargs)
 
 
 class DermCLI(LightningCLI):
-    def __init__(self, args=None, **kwargs):
+    def __init__(self, args: Optional[Sequence[str]] = None, **kwargs):
         self.run_dir: Optional[Path] = None
+        args = list(sys.argv[1:] if args is None else args)
+        self.resumed_config = resumed_run_config(args)
+        if self.resumed_config is not None:  # the run's own settings, then the new overrides
+            args = with_run_config(args, self.resumed_config)
         super().__init__(
             LesionClassifier,
             LesionDataModule,
             subclass_mode_model=True,
+            save_config_callback=SaveRunConfig,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"default_config_files": [str(BASE_CONFIG)]},
             seed_everything_default=42,
+            auto_configure_optimizers=False,  # modules take optimizer/scheduler factories
             args=args,
             run=False,
             **kwargs,
@@ -52,7 +76,8 @@ class DermCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run.name", type=str, default="experiment", help="run folder: runs/<name>/...")
         parser.add_argument("--run.root", type=str, default="runs", help="where run folders go")
-        parser.add_argument("--run.dir", type=Optional[str], default=None, help="exact run folder (multi-node)")
+        parser.add_argument("--run.dir", type=Optional[str], default=None,
+                            help="exact (new) run folder, e.g. for multi-node jobs")
         parser.add_argument("--run.wandb", type=bool, default=True, help="log to Weights & Biases")
         parser.add_argument("--run.wandb_project", type=str, default="dermattn")
         parser.add_argument("--run.patience", type=Optional[int], default=15, help="early stopping; null: off")
@@ -63,6 +88,11 @@ class DermCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config
+        if self.resumed_config is not None:
+            check_same_data(self.resumed_config, config)
+        if config.data.balanced_sampler and config.model.init_args.get("weighted_loss", False):
+            rank_zero_warn("balanced_sampler and weighted_loss both correct the class imbalance; "
+                           "set --model.init_args.weighted_loss=false to correct it once")
         self.run_dir = resolve_run_dir(config.run.root, config.run.name, config.run.dir, config.resume,
                                        config.seed_everything)
         os.environ[RUN_DIR_ENV] = str(self.run_dir)
@@ -83,35 +113,73 @@ class DermCLI(LightningCLI):
             LearningRateMonitor(logging_interval="epoch"),
             EvaluationFigures(dirpath=str(run_dir)),
             TestResultsWriter(str(run_dir), extra={"experiment": run.name, "run_dir": str(run_dir),
-                                                   **describe_data(self.datamodule)}),
+                                                   "data": self.datamodule.summary()}),
         ]  # fmt: skip
         if run.patience is not None:
             callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=run.patience))
         return super().instantiate_trainer(logger=loggers, callbacks=callbacks, **kwargs)
 
 
+def resumed_run_config(args: Sequence[str]) -> Optional[Path]:
+    """``<run>/config.yaml`` of the checkpoint named by ``--resume`` in ``args``, if any."""
+    resume = None
+    for i, arg in enumerate(args):
+        if arg == "--resume" and i + 1 < len(args):
+            resume = args[i + 1]
+        elif arg.startswith("--resume="):
+            resume = arg.split("=", 1)[1]
+    if not resume or resume in ("null", "None"):
+        return None
+    if not Path(resume).is_file():
+        raise FileNotFoundError(f"--resume: checkpoint {resume} does not exist")
+    config = Path(resume).resolve().parent.parent / "config.yaml"
+    return config if config.is_file() else None
+
+
+def with_run_config(args: Sequence[str], run_config: Path) -> list[str]:
+    """Put the run's saved config after the given ``--config`` files and before other overrides."""
+    configs, others, i = [], [], 0
+    while i < len(args):
+        if args[i] in ("--config", "-c") and i + 1 < len(args):
+            configs += args[i:i + 2]
+            i += 2
+            continue
+        (configs if args[i].startswith("--config=") else others).append(args[i])
+        i += 1
+    return [*configs, "--config", str(run_config), *others]
+
+
+def check_same_data(run_config: Path, config) -> None:
+    import yaml
+
+    saved = (yaml.safe_load(run_config.read_text()) or {}).get("data", {})
+    changed = {k: (saved.get(k), config.data.get(k)) for k in DATA_IDENTITY if saved.get(k) != config.data.get(k)}
+    if changed:
+        details = ", ".join(f"data.{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ValueError(f"--resume: the data differ from the run being resumed ({run_config}): {details}. "
+                         "Resume without changing them, or start a new run.")
+
+
 def resolve_run_dir(root: str, name: str, explicit: Optional[str], resume: Optional[str], seed) -> Path:
-    if explicit:
-        path = Path(explicit)
-    elif resume:
-        ckpt = Path(resume)
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"--resume: checkpoint {ckpt} does not exist")
-        path = ckpt.resolve().parent.parent  # <run>/checkpoints/last.ckpt
+    if resume:
+        path = Path(resume).resolve().parent.parent  # <run>/checkpoints/last.ckpt
     elif os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
-        path = Path(os.environ[RUN_DIR_ENV])  # a DDP worker joins rank 0's run
+        path = Path(os.environ[RUN_DIR_ENV])  # a worker started by Lightning's DDP launcher joins rank 0's run
+    elif explicit:
+        path = Path(explicit)
+        if (path / "checkpoints").is_dir() and any((path / "checkpoints").iterdir()):
+            raise FileExistsError(f"--run.dir {path} already holds a run; --resume its last.ckpt or pick a new folder")
     else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = Path(root) / name / f"{stamp}-s{seed}"
-        suffix = 1
-        while path.exists():
-            suffix += 1
-            path = Path(root) / name / f"{stamp}-s{seed}-{suffix}"
+        # Externally launched ranks (torchrun, SLURM) must agree on the folder: use the job's id.
+        job = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_JOB_ID")
+        if job and int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1:
+            path = Path(root) / name / f"job-{job}-s{seed}"
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = Path(root) / name / f"{stamp}-s{seed}"
+            suffix = 1
+            while path.exists():
+                suffix += 1
+                path = Path(root) / name / f"{stamp}-s{seed}-{suffix}"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def describe_data(datamodule: LesionDataModule) -> dict:
-    hp = datamodule.hparams
-    return {"dataset": hp.dataset, "data_dir": str(datamodule.table.csv_path.parent), "fold": hp.fold,
-            "n_folds": hp.n_folds, "split_seed": hp.split_seed, "meta_features": datamodule.encoder.feature_names}

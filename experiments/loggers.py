@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import secrets
 from pathlib import Path
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
@@ -38,19 +39,21 @@ def make_csv_logger(run_dir: Path) -> CSVLogger:
 
 
 def make_wandb_logger(run_dir: Path, name: str, project: str) -> WandbLogger:
-    """Offline unless WANDB_MODE=online: no account needed; `wandb sync <run>/wandb/offline-*` later.
-    The run id is kept in the run folder so a resumed run continues the same W&B run."""
+    """Offline unless ``WANDB_MODE=online`` (``disabled`` turns it off): no account needed;
+    ``wandb sync <run>/wandb/offline-run-*`` uploads later. The run id lives in the run folder, so
+    a resumed run continues the same W&B run."""
     id_file = run_dir / "wandb_id.txt"
-    run_id = id_file.read_text().strip() if id_file.is_file() else None
-    logger = WandbLogger(
+    run_id = id_file.read_text().strip() if id_file.is_file() else ""
+    if not run_id:
+        run_id = secrets.token_hex(4)  # W&B ids are short lowercase alphanumerics
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+            id_file.write_text(run_id)  # only W&B on global rank 0 logs; other ranks never start a run
+    return WandbLogger(
         project=project,
         name=f"{name}/{run_dir.name}",
         save_dir=str(run_dir),
-        offline=os.environ.get("WANDB_MODE", "offline") not in ("online", "run"),
         id=run_id,
-        resume="allow" if run_id else None,
+        resume="allow",
+        mode=os.environ.get("WANDB_MODE", "offline"),
         log_model=False,
     )
-    if run_id is None:
-        id_file.write_text(logger.version or "")
-    return logger

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ def run_one(config: str, key: str, value: str, seed: int, name: str, extra: list
     run_dir = Path("runs") / f"{name}-sweep" / f"{value}-s{seed}"
     if (run_dir / "metrics.json").is_file():  # finished earlier: a sweep resumes where it stopped
         return json.loads((run_dir / "metrics.json").read_text())
+    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted attempt starts over
     args = [sys.executable, "-m", "experiments.train", "--config", config, f"--{key}={value}",
             f"--seed_everything={seed}", f"--run.dir={run_dir}", "--trainer.enable_progress_bar=false",
             *extra]  # fmt: skip
@@ -53,8 +55,8 @@ def main(argv=None) -> str:
     name = yaml.safe_load(Path(args.config).read_text()).get("run", {}).get("name", Path(args.config).stem)
     results = {v: [run_one(args.config, args.key, v, s, name, args.extra) for s in args.seeds] for v in args.values}
 
-    lines = [f"| {args.key.split('.')[-1]} | " + " | ".join(f"test {m}" for m in METRICS) + " | minutes/run |",
-             "|---" * (len(METRICS) + 2) + "|"]
+    lines = [f"| {args.key.split('.')[-1]} | " + " | ".join(f"test {m}" for m in METRICS) + " |",
+             "|---" * (len(METRICS) + 1) + "|"]
     summary = {}
     for value, runs in results.items():
         cells, summary[value] = [], {}
@@ -63,8 +65,7 @@ def main(argv=None) -> str:
             summary[value][metric] = {"mean": float(scores.mean()), "std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
                                       "runs": scores.tolist()}
             cells.append(f"{scores.mean():.3f} ± {summary[value][metric]['std']:.3f}")
-        minutes = np.mean([r.get("wall_seconds", np.nan) for r in runs]) / 60
-        lines.append(f"| {value} | " + " | ".join(cells) + f" | {minutes:.1f} |")
+        lines.append(f"| {value} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     footer = f"\n\nmean ± sample std over seeds {args.seeds}; `python -m experiments.sweep {' '.join(argv or sys.argv[1:])}`\n"
     out = Path("runs") / f"{name}-sweep"

@@ -25,7 +25,8 @@ def finish_wandb() -> None:
 def main(args=None):
     cli = DermCLI(args=args)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
-    rank_zero_info(f"run folder: {cli.run_dir}\ndata: {datamodule.describe()}")
+    summary = {k: v for k, v in datamodule.summary().items() if k != "meta_features"}
+    rank_zero_info(f"run folder: {cli.run_dir}\ndata: {summary}, {datamodule.meta_dim} metadata features")
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.resume)
         if cli.config.run.test and not trainer.interrupted:

@@ -48,10 +48,6 @@ def feature_channels(backbone: nn.Module) -> list[int]:
     return list(backbone.feature_info.channels())
 
 
-def feature_reductions(backbone: nn.Module) -> list[int]:
-    return list(backbone.feature_info.reduction())
-
-
 @torch.no_grad()
 def feature_shapes(backbone: nn.Module, image_size: int, in_chans: int = 3) -> list[tuple[int, int, int]]:
     """(C, H, W) of every returned map for a square input, by a dry run (sizes are not always

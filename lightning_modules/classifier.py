@@ -163,10 +163,13 @@ class LesionClassifier(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        if isinstance(scheduler, WarmupCosine) and scheduler.total_epochs is None:
-            scheduler.total_epochs = self.trainer.max_epochs
+        if isinstance(scheduler, WarmupCosine):
+            scheduler.run_epochs = self.trainer.max_epochs
         config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
         if isinstance(scheduler, ReduceLROnPlateau):
+            wanted = "min" if "loss" in self.hparams.monitor else "max"
+            if scheduler.mode != wanted:  # ReduceLROnPlateau defaults to "min": wrong for AUROC
+                raise ValueError(f"ReduceLROnPlateau watches {self.hparams.monitor}: set its mode: {wanted}")
             config["monitor"] = self.hparams.monitor
         return {"optimizer": optimizer, "lr_scheduler": config}
 

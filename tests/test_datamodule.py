@@ -35,7 +35,7 @@ def make_dm(synthetic_cache, **overrides) -> LesionDataModule:
 
 @pytest.fixture(scope="module")
 def dm(synthetic_cache):
-    module = make_dm(synthetic_cache)
+    module = make_dm(synthetic_cache, load_masks=True)
     module.prepare_data()
     module.setup("fit")
     return module
@@ -79,7 +79,9 @@ def test_classes_and_meta_dim(dm):
     sizes = {s: len(dm.records(s)) for s in ("train", "val", "test")}
     assert sum(sizes.values()) == len(dm.records("all"))
     assert 0.5 < sizes["train"] / len(dm.records("all")) < 0.7
-    assert "synthetic from" in dm.describe() and f"{dm.meta_dim} metadata features" in dm.describe()
+    summary = dm.summary()
+    assert summary["split_sizes"] == sizes and summary["meta_features"] == dm.encoder.feature_names
+    assert summary["groups"] == len({r.group for r in dm.records("all")})
 
 
 def test_no_metadata_features(synthetic_cache):
@@ -236,3 +238,60 @@ def test_train_transform_keeps_mask_aligned(recipe):
             assert red[~m].mean() < 0.15
         moved += not np.array_equal(m[:, :16], np.ones((32, 16), bool))
     assert moved > 5  # the geometry really changed in most draws (flips, transposes, affine)
+
+
+def test_masks_are_only_loaded_on_request(synthetic_cache):
+    module = make_dm(synthetic_cache)
+    module.setup("fit")
+    assert "mask" not in module.datasets["train"][0]
+
+
+def test_dataloader_workers_draw_different_augmentations(synthetic_cache):
+    """albumentations' Compose owns its generator; forked workers must not share one stream."""
+    module = make_dm(synthetic_cache, num_workers=2, batch_size=4)
+    module.setup("fit")
+    dataset = module.datasets["train"]
+    one = dataset.records[:1] * 8  # the same image eight times: only the augmentation differs
+    dataset.records = one
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2, shuffle=False,
+                                         worker_init_fn=module.train_dataloader().worker_init_fn)
+    first, second = [b["image"] for b in loader]  # batch 0 from worker 0, batch 1 from worker 1
+    assert not torch.allclose(first, second)
+    torch.manual_seed(0)
+    again = [b["image"] for b in loader]  # and the same run seed gives the same augmentations
+    assert torch.equal(first, again[0]) and torch.equal(second, again[1])
+
+
+def test_min_class_images_drops_and_relabels(synthetic_cache):
+    from datamodules.sources import read_table
+
+    full = read_table("synthetic", str(synthetic_cache), **SMALL_SYNTHETIC)
+    counts = {name: sum(r.label == k for r in full.records) for k, name in enumerate(full.class_names)}
+    threshold = counts["MEL"] + 1
+    module = make_dm(synthetic_cache, min_class_images=threshold)
+    kept = [n for n in full.class_names if counts[n] >= threshold]
+    assert module.class_names == kept and "MEL" not in kept
+    assert len(module.table.records) == sum(counts[n] for n in kept)
+    by_id = {r.image_id: full.class_names[r.label] for r in full.records}
+    assert all(module.class_names[r.label] == by_id[r.image_id] for r in module.table.records)
+
+
+def test_class_missing_from_a_split_is_an_error(synthetic_cache):
+    module = make_dm(synthetic_cache, n_folds=12)  # MEL has fewer patients than folds
+    with pytest.raises(DatasetError, match=r"class\(es\) \['MEL'\] have no image in the (val|test|train) split"):
+        module.split_records
+
+
+def test_verify_images_reports_every_unreadable_file(tmp_path, synthetic_dir):
+    import shutil
+
+    copy = tmp_path / "pad"
+    shutil.copytree(synthetic_dir, copy)
+    images = sorted((copy / "images").iterdir())
+    for path in images[:2]:
+        path.write_bytes(b"not a png")
+    module = LesionDataModule(dataset="pad_ufes20", data_dir=str(copy), verify_images=True)
+    with pytest.raises(DatasetError, match="2 unreadable image") as info:
+        module.prepare_data()
+    assert images[0].name in str(info.value) and images[1].name in str(info.value)

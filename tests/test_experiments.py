@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from experiments.train import main as train
 from tests.conftest import SMALL_SYNTHETIC
@@ -132,21 +133,47 @@ def test_predict_reproduces_test_predictions(short_run, tmp_path):
 
 def test_resume_continues_in_the_same_run_folder(tmp_path, synthetic_cache):
     config = REPO / "experiments" / "metablock.yaml"
-    common = ("--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--run.wandb=false",
-              "--run.test=false")  # fmt: skip
-    run_dir = train(quick_args(config, tmp_path, synthetic_cache, "--trainer.max_epochs=1", *common))
+    limits = ("--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--run.test=false",
+              "--trainer.enable_progress_bar=false")  # fmt: skip
+    run_dir = train(quick_args(config, tmp_path, synthetic_cache, "--trainer.max_epochs=1", *limits))
     last = run_dir / "checkpoints" / "last.ckpt"
     first = torch.load(last, map_location="cpu", weights_only=True)
-    resumed = train(quick_args(config, tmp_path, synthetic_cache, "--trainer.max_epochs=2", f"--resume={last}",
-                               *common))  # fmt: skip
+    wandb_id = (run_dir / "wandb_id.txt").read_text()
+    # As `make train EXP=metablock RESUME=...` does it: only the experiment config and the resume
+    # path; the run's own config.yaml supplies its data settings (small cache, 32 px).
+    resumed = train(["--config", str(config), f"--resume={last}", "--trainer.max_epochs=2", *limits])
     assert resumed == run_dir
     second = torch.load(last, map_location="cpu", weights_only=True)
     assert (first["epoch"], second["epoch"]) == (0, 1)
     assert second["global_step"] == 2 * first["global_step"]
+    assert second["LesionDataModule"] == first["LesionDataModule"]
     assert len(list((tmp_path / "metablock").iterdir())) == 1
     with open(run_dir / "metrics.csv") as handle:  # the epoch before the interruption is kept
         epochs = {int(r["epoch"]) for r in csv.DictReader(handle) if r.get("val/loss")}
     assert epochs == {0, 1}
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["data"]["image_size"] == 32 and saved["trainer"]["max_epochs"] == 2
+    assert saved["resume"] is None and saved["run"]["dir"] is None  # re-running it starts afresh
+    assert (run_dir / "wandb_id.txt").read_text() == wandb_id and len(wandb_id) == 8
+    assert len(list((run_dir / "wandb").glob(f"offline-run-*-{wandb_id}"))) == 2  # one W&B run, two sessions
+
+
+def test_resume_refuses_other_data(tmp_path, synthetic_cache):
+    config = REPO / "experiments" / "metablock.yaml"
+    run_dir = train(quick_args(config, tmp_path, synthetic_cache, "--trainer.max_epochs=1", "--run.wandb=false",
+                               "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1", "--run.test=false"))
+    with pytest.raises(ValueError, match=r"data.fold: 0 -> 1"):
+        train(["--config", str(config), f"--resume={run_dir / 'checkpoints' / 'last.ckpt'}", "--data.fold=1"])
+
+
+def test_run_dir_is_never_reused(tmp_path, synthetic_cache):
+    config = REPO / "experiments" / "metablock.yaml"
+    args = quick_args(config, tmp_path, synthetic_cache, "--trainer.fast_dev_run=false", "--trainer.max_epochs=1",
+                      "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1", "--run.wandb=false",
+                      "--run.test=false", f"--run.dir={tmp_path / 'fixed'}")  # fmt: skip
+    train(args)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(args)
 
 
 def test_make_train_passes_data_choice_and_overrides():
@@ -178,3 +205,16 @@ def test_ddp_on_two_cpu_processes(tmp_path, synthetic_cache):
     with open(run_dir / "predictions.csv") as handle:
         ids = [r["image_id"] for r in csv.DictReader(handle)]
     assert sorted(ids) == sorted(r.image_id for r in dm.records("test"))
+
+
+@pytest.mark.slow
+def test_default_metablock_experiment_reaches_its_target(tmp_path):
+    """`make train EXP=metablock` as a newcomer runs it (fresh data cache, default settings)."""
+    env = {**__import__("os").environ, "DERMATTN_CACHE": str(tmp_path / "cache")}
+    subprocess.run([sys.executable, "-m", "experiments.train", "--config", "experiments/metablock.yaml",
+                    f"--run.root={tmp_path / 'runs'}", "--trainer.enable_progress_bar=false"],
+                   cwd=REPO, env=env, check=True, timeout=1800)  # fmt: skip
+    (run_dir,) = list((tmp_path / "runs" / "metablock").iterdir())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test"]["auroc"] >= 0.85
+    assert metrics["test"]["n_images"] > 300

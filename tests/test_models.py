@@ -78,3 +78,32 @@ def test_checkpoint_loads_weights_only(tmp_path):
     rebuilt.load_state_dict(loaded["state_dict"])
     x, m = torch.randn(2, 3, 32, 32), torch.randn(2, 4)
     assert torch.allclose(rebuilt.eval()(x, m), module.eval()(x, m))
+
+
+def test_warmup_cosine_follows_a_longer_resumed_run():
+    """The run length is not part of the scheduler's saved state: resuming with more epochs
+    stretches the schedule instead of keeping the floor learning rate."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupCosine(opt, warmup_epochs=0, min_factor=0.0)
+    sched.run_epochs = 2
+    for _ in range(2):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    resumed = WarmupCosine(opt2, warmup_epochs=0, min_factor=0.0)
+    resumed.run_epochs = 4
+    resumed.load_state_dict(sched.state_dict())
+    assert resumed.run_epochs == 4 and resumed.factor(2) == pytest.approx(0.5)
+
+
+def test_plateau_scheduler_must_match_the_monitor():
+    from functools import partial
+
+    module = FusionModule(backbone="test_resnet", num_classes=3, meta_dim=2,
+                          scheduler=partial(torch.optim.lr_scheduler.ReduceLROnPlateau, factor=0.1))
+    with pytest.raises(ValueError, match="mode: max"):
+        module.configure_optimizers()
+    module.scheduler_factory = partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode="max")
+    config = module.configure_optimizers()
+    assert config["lr_scheduler"]["monitor"] == "val/auroc"

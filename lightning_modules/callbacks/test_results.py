@@ -2,7 +2,9 @@
 and ``predictions.csv`` (one row per test image with its class probabilities) in the run folder.
 
 Outputs are gathered across processes and de-duplicated by dataset index (the distributed
-sampler pads the last batch with repeats), so DDP runs write the same files as one process.
+sampler pads the last batch with repeats), and the scores in ``metrics.json`` are computed here
+from those de-duplicated predictions, so DDP runs report exactly what one process would (the
+per-step logged ``test/*`` values of a DDP run may count a padded repeat or two).
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from typing import Any, Optional, Sequence
 import lightning as L
 import numpy as np
 import torch
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_auroc,
+    multiclass_confusion_matrix,
+    multiclass_recall,
+)
 
 from lightning_modules.atomic_io import atomic_write, write_json
 
@@ -26,6 +34,20 @@ def gather_unique(pl_module: L.LightningModule, chunks: dict[str, list[torch.Ten
     out = {k: v.detach().cpu().numpy() for k, v in local.items()}
     _, first = np.unique(out["index"], return_index=True)
     return {k: v[first] for k, v in out.items()}
+
+
+def classification_scores(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """Macro one-vs-rest AUROC, balanced accuracy (macro recall), accuracy, per-class AUROC and the
+    confusion matrix (rows: true class) of one set of predictions."""
+    preds, target, k = torch.as_tensor(probs).float(), torch.as_tensor(labels).long(), len(class_names)
+    per_class = multiclass_auroc(preds, target, k, average=None)
+    return {
+        "auroc": float(multiclass_auroc(preds, target, k, average="macro")),
+        "bacc": float(multiclass_recall(preds, target, k, average="macro")),
+        "acc": float(multiclass_accuracy(preds, target, k, average="micro")),
+        "auroc_per_class": {name: float(v) for name, v in zip(class_names, per_class)},
+        "confusion_matrix": multiclass_confusion_matrix(preds, target, k).tolist(),
+    }
 
 
 def write_predictions(path: str | Path, image_ids: Sequence[str], probs: np.ndarray,
@@ -69,18 +91,14 @@ class TestResultsWriter(L.Callback):
         image_ids = [records[i].image_id for i in index] if records else [str(i) for i in index]
         write_predictions(self.run_dir / "predictions.csv", image_ids, probs, pl_module.class_names, labels)
 
-        scores = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        report = getattr(pl_module, "epoch_report", {}).get("test", {})
+        test = classification_scores(probs, labels, pl_module.class_names)
+        if "test/loss" in trainer.callback_metrics:
+            test["loss"] = float(trainer.callback_metrics["test/loss"])
         checkpoint = trainer.checkpoint_callback
         metrics = {
             **self.extra,
             "class_names": list(pl_module.class_names),
-            "test": {
-                **{k: v for k, v in scores.items() if not k.startswith("auroc_")},
-                "auroc_per_class": report.get("auroc_per_class", {}),
-                "confusion_matrix": report.get("confusion_matrix"),
-                "n_images": int(len(index)),
-            },
+            "test": {**test, "n_images": int(len(index))},
             "checkpoint": {
                 "tested": str(getattr(trainer, "ckpt_path", None) or ""),
                 "monitor": getattr(checkpoint, "monitor", None),
