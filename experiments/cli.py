@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.lesion_datamodule import LesionDataModule
 from experiments.loggers import make_csv_logger, make_wandb_logger
+from lightning_modules.callbacks.attention_maps import AttentionMapLogger
 from lightning_modules.callbacks.evaluation_figures import EvaluationFigures
 from lightning_modules.callbacks.test_results import TestResultsWriter
 from lightning_modules.classifier import LesionClassifier
@@ -112,6 +113,7 @@ class DermCLI(LightningCLI):
                             save_last=True),
             LearningRateMonitor(logging_interval="epoch"),
             EvaluationFigures(dirpath=str(run_dir)),
+            AttentionMapLogger(dirpath=str(run_dir)),  # no-op for models without attention maps
             TestResultsWriter(str(run_dir), extra={"experiment": run.name, "run_dir": str(run_dir),
                                                    "data": self.datamodule.summary()}),
         ]  # fmt: skip

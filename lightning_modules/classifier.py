@@ -100,9 +100,15 @@ class LesionClassifier(L.LightningModule):
         return self.net(image, meta)
 
     # -- steps ---------------------------------------------------------------------------------
-    def _step(self, batch: dict, stage: str) -> dict:
+    def compute_loss(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """``(logits, loss, terms)`` for a batch. Subclasses whose loss has more than the
+        classification term (attention regularisers, ProtoPNet costs) override this and return
+        each term in ``terms``; they are logged as ``<stage>/<name>``."""
         logits = self(batch["image"], batch["meta"])
-        loss = self.criterion(logits, batch["label"])
+        return logits, self.criterion(logits, batch["label"]), {}
+
+    def _step(self, batch: dict, stage: str) -> dict:
+        logits, loss, terms = self.compute_loss(batch, stage)
         probs = logits.detach().float().softmax(dim=1)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(probs, batch["label"])
@@ -111,6 +117,8 @@ class LesionClassifier(L.LightningModule):
         n = batch["label"].shape[0]
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
                  batch_size=n, sync_dist=stage != "train")
+        for name, value in terms.items():
+            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=stage != "train")
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=n)
         return {"loss": loss, "probs": probs, "index": batch["index"], "label": batch["label"]}
 

@@ -40,3 +40,100 @@ def classification_loss(kind: str, class_weights: Optional[list[float]], gamma: 
     if kind == "focal":
         return FocalLoss(gamma=gamma, weight=weight)
     raise ValueError(f"loss must be 'ce' or 'focal', got {kind!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# ProtoPNet costs (Chen et al. 2019). ``min_distances`` (B, m) are squared L2 distances from each
+# image's closest latent patch to each prototype; ``prototype_class_identity`` (m, K) is one-hot.
+# The reference code takes its minima as ``max_dist - max((max_dist - d) * mask)``, which is only
+# right while every distance stays below ``max_dist = D``; a masked minimum with +inf has no such
+# assumption and the same gradient.
+# --------------------------------------------------------------------------------------------
+
+PROTOPNET_LOSS_WEIGHTS = {"crs_ent": 1.0, "clst": 0.8, "sep": -0.08, "l1": 1e-4}
+
+
+def _own_prototypes(labels: torch.Tensor, prototype_class_identity: torch.Tensor) -> torch.Tensor:
+    """(B, m) bool: prototype j belongs to the class of image b."""
+    return prototype_class_identity[:, labels].t() > 0
+
+
+def _masked_min(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Row-wise min of ``values`` over ``mask`` (B, m); +inf for rows with nothing selected."""
+    return values.masked_fill(~mask, float("inf")).amin(dim=1)
+
+
+def cluster_cost(
+    min_distances: torch.Tensor, labels: torch.Tensor, prototype_class_identity: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """Mean over the batch of the distance to the closest prototype of the image's own class.
+
+    ``prototype_class_identity=None`` is the non-class-specific variant: the closest prototype
+    of any class.
+    """
+    if prototype_class_identity is None:
+        return min_distances.amin(dim=1).mean()
+    return _masked_min(min_distances, _own_prototypes(labels, prototype_class_identity)).mean()
+
+
+def separation_cost(
+    min_distances: torch.Tensor, labels: torch.Tensor, prototype_class_identity: torch.Tensor
+) -> torch.Tensor:
+    """Mean over the batch of the distance to the closest prototype of any *other* class
+    (enters the total with a negative weight). 0 when there is a single class."""
+    other = ~_own_prototypes(labels, prototype_class_identity)
+    if not other.any():
+        return min_distances.sum() * 0.0  # one class: nothing to separate from (keeps the graph)
+    return _masked_min(min_distances, other).mean()
+
+
+def avg_separation_cost(
+    min_distances: torch.Tensor, labels: torch.Tensor, prototype_class_identity: torch.Tensor
+) -> torch.Tensor:
+    """Mean distance to the prototypes of other classes (the reference logs it; not a loss term)."""
+    other = (~_own_prototypes(labels, prototype_class_identity)).to(min_distances.dtype)
+    return ((min_distances * other).sum(dim=1) / other.sum(dim=1).clamp(min=1)).mean()
+
+
+def last_layer_l1(weight: torch.Tensor, prototype_class_identity: Optional[torch.Tensor]) -> torch.Tensor:
+    """L1 norm of the last-layer weights (K, m) from prototypes to classes other than their own;
+    of all weights when ``prototype_class_identity`` is None (non-class-specific)."""
+    if prototype_class_identity is None:
+        return weight.abs().sum()
+    return (weight * (1 - prototype_class_identity.t().to(weight.dtype))).abs().sum()
+
+
+def protopnet_loss(
+    output,
+    labels: torch.Tensor,
+    net: nn.Module,
+    weights: Optional[dict[str, float]] = None,
+    class_specific: bool = True,
+    ce_loss: Optional[nn.Module] = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``crs_ent * CE + clst * cluster + sep * separation + l1 * L1`` and the unweighted terms.
+
+    ``output`` is a ``ProtoPNetOutput`` (``logits``, ``min_distances``); ``net`` provides
+    ``last_layer.weight`` and ``prototype_class_identity``. ``weights`` override
+    ``PROTOPNET_LOSS_WEIGHTS`` key by key (the separation weight is negative: separation is
+    maximised). ``ce_loss`` replaces plain cross-entropy (e.g. class-weighted or focal).
+    With ``class_specific=False`` the cluster cost is the distance to the closest prototype of any
+    class, the separation term is 0 and the L1 covers every last-layer weight.
+    """
+    w = {**PROTOPNET_LOSS_WEIGHTS, **(weights or {})}
+    unknown = set(w) - set(PROTOPNET_LOSS_WEIGHTS)
+    if unknown:
+        raise ValueError(f"unknown ProtoPNet loss weights {sorted(unknown)}")
+    logits, min_distances = output.logits.float(), output.min_distances.float()
+    identity = net.prototype_class_identity
+    terms = {"crs_ent": ce_loss(logits, labels) if ce_loss is not None else F.cross_entropy(logits, labels)}
+    if class_specific:
+        terms["clst"] = cluster_cost(min_distances, labels, identity)
+        terms["sep"] = separation_cost(min_distances, labels, identity)
+        terms["l1"] = last_layer_l1(net.last_layer.weight, identity)
+    else:
+        terms["clst"] = cluster_cost(min_distances, labels, None)
+        terms["sep"] = torch.zeros((), device=logits.device)
+        terms["l1"] = last_layer_l1(net.last_layer.weight, None)
+    total = sum(w[name] * value for name, value in terms.items())
+    return total, terms

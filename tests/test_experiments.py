@@ -218,3 +218,26 @@ def test_default_metablock_experiment_reaches_its_target(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test"]["auroc"] >= 0.85
     assert metrics["test"]["n_images"] > 300
+
+
+@pytest.mark.parametrize("experiment,maps", [("attn_vgg", ("attn1", "attn2")), ("soft_attention", ("soft",))])
+def test_attention_experiment_artefacts(experiment, maps, tmp_path, synthetic_cache):
+    """Attention maps every validation epoch (PNG grid + W&B panel); lesion mass in metrics.json."""
+    run_dir = train(quick_args(REPO / "experiments" / f"{experiment}.yaml", tmp_path, synthetic_cache,
+                               "--trainer.max_epochs=2", "--trainer.limit_train_batches=3",
+                               "--trainer.limit_val_batches=2"))  # fmt: skip
+    from datamodules.lesion_datamodule import LesionDataModule
+
+    val = LesionDataModule(data_dir=str(synthetic_cache), source_options=SMALL_SYNTHETIC).records("val")
+    shown = sum(min(2, sum(r.label == k for r in val)) for k in range(6))  # two per class (fewer if rare)
+    for name in maps:
+        assert sorted(p.name for p in (run_dir / "attention").glob(f"*_{name}.png")) == [
+            f"epoch000_{name}.png", f"epoch001_{name}.png"]
+        media = next((run_dir / "wandb").glob("offline-run-*")) / "files" / "media" / "images" / "attention"
+        assert len(list(media.glob(f"{name}_*.png"))) == 2 * shown  # every epoch, every chosen image
+    test = json.loads((run_dir / "metrics.json").read_text())["test"]
+    for key in ("lesion_mass", "gradcam_lesion_mass", *(f"lesion_mass_{m}" for m in maps)):
+        assert 0.0 <= test[key] <= 1.0, key
+    with open(run_dir / "metrics.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("val/lesion_mass")]
+    assert len(rows) == 2

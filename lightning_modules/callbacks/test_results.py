@@ -92,8 +92,10 @@ class TestResultsWriter(L.Callback):
         write_predictions(self.run_dir / "predictions.csv", image_ids, probs, pl_module.class_names, labels)
 
         test = classification_scores(probs, labels, pl_module.class_names)
-        if "test/loss" in trainer.callback_metrics:
-            test["loss"] = float(trainer.callback_metrics["test/loss"])
+        for key, value in trainer.callback_metrics.items():  # loss, lesion mass, ... as logged
+            name = key.split("/", 1)[1] if key.startswith("test/") else None
+            if name and name not in test and not name.startswith("auroc_") and value.numel() == 1:
+                test[name] = float(value)
         checkpoint = trainer.checkpoint_callback
         metrics = {
             **self.extra,

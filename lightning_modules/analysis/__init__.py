@@ -1,0 +1,1 @@
+"""Post-hoc analysis of trained networks: ProtoPNet push (prototype projection) and attacks."""

@@ -1,0 +1,96 @@
+"""AttnVGG ("Learn to Pay Attention", Jetley et al. ICLR 2018), as used for melanoma in AttnMel
+(Yan et al., IPMI 2019), on any timm backbone.
+
+    image -> backbone stages: l1 (1/8), l2 (1/16), x (1/32)
+    attention block i:  c_i = phi(relu(W_l l_i + up(W_g x)))            (B, 1, h_i, w_i)
+                        a_i = softmax over the grid (normalize_attn) or sigmoid(c_i)
+                        g_i = sum(a_i * l_i)  (softmax)   or  mean(a_i * l_i)  (sigmoid)
+    g = global average pool of x
+    logits = classifier([g, g_1, g_2])
+
+Differences from the seed notebook, on purpose: the global feature is pooled adaptively (its
+``AvgPool2d(7)`` only fits 224 px inputs), the upsampling goes to each local map's real size
+(not a fixed x4 / x2 that again assumes 224 px), and nothing is ``.squeeze()``d, so a batch of
+one keeps its batch axis.
+
+Stages: timm's VGG exposes features *before* each pooling, so for VGG the paper's pool-3 and
+pool-4 maps are the 1/4 and 1/8 stages max-pooled once (``pool_local_stages``, automatic for
+``vgg*``); other backbones use their 1/8 and 1/16 stages directly.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_modules.backbones import create_backbone
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, local_channels: int, global_channels: int, attention_channels: int = 256,
+                 normalize_attn: bool = True):
+        super().__init__()
+        self.normalize_attn = normalize_attn
+        self.W_l = nn.Conv2d(local_channels, attention_channels, 1, bias=False)
+        self.W_g = nn.Conv2d(global_channels, attention_channels, 1, bias=False)
+        self.phi = nn.Conv2d(attention_channels, 1, 1, bias=True)
+
+    def forward(self, local: torch.Tensor, global_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(attention (B, h, w), attended feature (B, C_local))``."""
+        g = F.interpolate(self.W_g(global_map), size=local.shape[-2:], mode="bilinear", align_corners=False)
+        c = self.phi(F.relu(self.W_l(local) + g))  # (B, 1, h, w) compatibility scores
+        if self.normalize_attn:
+            a = F.softmax(c.flatten(2), dim=2).view_as(c)
+            feature = (a * local).flatten(2).sum(dim=2)
+        else:
+            a = torch.sigmoid(c)
+            feature = (a * local).mean(dim=(2, 3))
+        return a[:, 0], feature
+
+
+class AttnVGG(nn.Module):
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "vgg16_bn",
+        pretrained: bool = False,
+        weights_path: Optional[str] = None,
+        attention_channels: int = 256,
+        normalize_attn: bool = True,
+        local_reductions: Sequence[int] = (8, 16),
+        pool_local_stages: Optional[bool] = None,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.backbone = create_backbone(backbone, pretrained, weights_path)
+        reductions = list(self.backbone.feature_info.reduction())
+        channels = list(self.backbone.feature_info.channels())
+        self.pool_local = backbone.startswith("vgg") if pool_local_stages is None else pool_local_stages
+        wanted = [r // 2 if self.pool_local else r for r in local_reductions]
+        missing = [r for r in wanted if r not in reductions]
+        if missing:
+            raise ValueError(f"{backbone} has no feature stage at reduction(s) {missing}; it has {reductions}")
+        self.local_stages = [reductions.index(r) for r in wanted]
+        global_channels = channels[-1]
+        self.attention = nn.ModuleList(
+            AttentionBlock(channels[i], global_channels, attention_channels, normalize_attn)
+            for i in self.local_stages
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(global_channels + sum(channels[i] for i in self.local_stages), num_classes)
+
+    def forward(self, image: torch.Tensor, meta: Optional[torch.Tensor] = None,
+                return_attention: bool = False):
+        stages = self.backbone(image)
+        x = stages[-1]
+        features = [x.mean(dim=(2, 3))]
+        maps = {}
+        for k, (i, block) in enumerate(zip(self.local_stages, self.attention), start=1):
+            local = F.max_pool2d(stages[i], 2) if self.pool_local else stages[i]
+            maps[f"attn{k}"], attended = block(local, x)
+            features.append(attended)
+        logits = self.classifier(self.dropout(torch.cat(features, dim=1)))
+        return (logits, maps) if return_attention else logits
