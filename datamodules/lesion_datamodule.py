@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from datamodules.dataset import LesionDataset, load_rgb
 from datamodules.metadata import MetadataEncoder
 from datamodules.records import DatasetError, LesionRecord, LesionTable
+from datamodules.samplers import ClassBalancedBatchSampler
 from datamodules.sources import DATASETS, read_table
 from datamodules.splits import SPLITS, split_indices
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
@@ -51,6 +52,7 @@ class LesionDataModule(L.LightningDataModule):
         load_masks: bool = False,
         min_class_images: int = 0,
         verify_images: bool = False,
+        pk_batches: Optional[tuple[int, int]] = None,
     ):
         """
         Args:
@@ -71,6 +73,8 @@ class LesionDataModule(L.LightningDataModule):
                 diagnoses); the dropped classes and image counts are reported. 0 keeps all.
             verify_images: decode every image once in ``prepare_data`` and report all unreadable
                 files together, before training starts.
+            pk_batches: ``[P, K]``: training batches of P classes x K images (metric learning needs
+                positive pairs in every batch); ``batch_size`` is then ignored for training.
         """
         super().__init__()
         if dataset not in DATASETS:
@@ -153,6 +157,8 @@ class LesionDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         hp = self.hparams
+        if train and hp.pk_batches:
+            return self._pk_loader()
         sampler = None
         if train and hp.balanced_sampler:
             labels = np.array([r.label for r in self.records("train")])
@@ -171,6 +177,31 @@ class LesionDataModule(L.LightningDataModule):
             persistent_workers=hp.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def _pk_loader(self) -> DataLoader:
+        hp = self.hparams
+        p, k = hp.pk_batches
+        labels = [r.label for r in self.records("train")]
+        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) \
+            if torch.distributed.is_available() and torch.distributed.is_initialized() else (0, 1)
+        sampler = ClassBalancedBatchSampler(labels, p, k, num_batches=max(1, len(labels) // (p * k * world)),
+                                            seed=int(torch.initial_seed()) % 2**32, rank=rank, world_size=world)
+        return DataLoader(self.datasets["train"], batch_sampler=sampler, num_workers=hp.num_workers,
+                          worker_init_fn=seed_augmentations, persistent_workers=hp.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Any split with the evaluation transform (e.g. the training images as a retrieval bank)."""
+        hp = self.hparams
+        transform = build_transforms(False, hp.image_size, hp.augment, hp.normalize_mean, hp.normalize_std)
+        dataset = LesionDataset(self.records(split), self.encoder, transform, hp.dataset, False, hp.image_size)
+        return DataLoader(dataset, batch_size=hp.eval_batch_size or hp.batch_size, num_workers=hp.num_workers)
+
+    def group_ids(self, split: str) -> torch.Tensor:
+        """An integer per record of ``split`` naming its patient/lesion group (for retrieval)."""
+        names = [r.group for r in self.records(split)]
+        index = {name: i for i, name in enumerate(sorted(set(names)))}
+        return torch.tensor([index[n] for n in names])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -132,6 +132,10 @@ class LesionClassifier(L.LightningModule):
         out = self._step(batch, "test")
         return {"probs": out["probs"], "index": out["index"], "label": out["label"]}
 
+    def class_probabilities(self, image: torch.Tensor, meta: torch.Tensor) -> Optional[torch.Tensor]:
+        """(B, K) class probabilities (``None`` for models that do not classify on their own)."""
+        return self(image, meta).float().softmax(dim=1)
+
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         probs = self(batch["image"], batch["meta"]).float().softmax(dim=1)
         return {"probs": probs, "index": batch["index"]}

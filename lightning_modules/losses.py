@@ -1,4 +1,4 @@
-"""Classification losses (later issues add the ProtoPNet, contrastive and divergence costs)."""
+"""Losses: classification (cross-entropy, focal), ProtoPNet costs, and the metric-learning losses of ABE-M."""
 
 from __future__ import annotations
 
@@ -137,3 +137,44 @@ def protopnet_loss(
         terms["l1"] = last_layer_l1(net.last_layer.weight, None)
     total = sum(w[name] * value for name, value in terms.items())
     return total, terms
+
+
+# -- ABE-M: metric learning ----------------------------------------------------------------------
+
+
+def pairwise_squared_distances(embeddings: torch.Tensor) -> torch.Tensor:
+    """(B, B) squared Euclidean distances, clamped at 0 (rounding can make them slightly negative)."""
+    squared = (embeddings * embeddings).sum(dim=1)
+    return (squared[:, None] + squared[None, :] - 2 * embeddings @ embeddings.T).clamp_min(0)
+
+
+def contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """Contrastive loss on squared distances over every pair in the batch:
+    mean over positive pairs of ``d^2`` + mean over negative pairs of ``max(0, margin - d^2)``.
+
+    Averaging each side separately keeps the two balanced whatever the batch's class make-up (a
+    P x K batch has far more negative than positive pairs)."""
+    d2 = pairwise_squared_distances(embeddings.float())
+    same = labels[:, None] == labels[None, :]
+    upper = torch.triu(torch.ones_like(same), diagonal=1)  # each unordered pair once, no self-pairs
+    positive, negative = same & upper, ~same & upper
+    loss = embeddings.new_zeros(())
+    if positive.any():
+        loss = loss + d2[positive].mean()
+    if negative.any():
+        loss = loss + F.relu(margin - d2[negative]).mean()
+    return loss
+
+
+def divergence_loss(learner_embeddings: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """ABE-M's divergence loss, ``max(0, m_div - ||B_p(x) - B_q(x)||^2)`` over pairs of learners
+    ``p != q`` **of the same image** (a known unofficial version wrongly pairs different images),
+    averaged over images and learner pairs. ``learner_embeddings``: (B, M, d)."""
+    b, m, _ = learner_embeddings.shape
+    if m < 2:
+        return learner_embeddings.new_zeros(())
+    x = learner_embeddings.float()
+    squared = (x * x).sum(-1)
+    d2 = (squared[:, :, None] + squared[:, None, :] - 2 * x @ x.transpose(1, 2)).clamp_min(0)  # (B, M, M)
+    off_diagonal = ~torch.eye(m, dtype=torch.bool, device=x.device)
+    return F.relu(margin - d2[:, off_diagonal]).mean()

@@ -21,8 +21,9 @@ no weights are copied and nothing is computed, so even VGG-16 is traced in milli
 
 Global context is ignored, as in the conventional definition: squeeze-and-excitation gates
 (a spatial mean), GroupNorm/LayerNorm statistics and attention make every cell depend on the whole
-image, but only the local convolution/pooling path is measured. The ops through which geometry was
-lost are listed in ``ReceptiveField.global_context`` so a caller can tell.
+image, but only the local convolution/pooling path is measured; those ops are listed in
+``ReceptiveField.global_context``. Anything else the tracer cannot follow (an upsampling, a
+space-to-depth reshape) raises instead of silently shrinking the field.
 """
 
 from __future__ import annotations
@@ -68,11 +69,6 @@ def _pair(value: Size) -> tuple[int, int]:
         return value, value
     a, b = value
     return int(a), int(b)
-
-
-def _spatial(t: torch.Tensor) -> Optional[tuple[int, int]]:
-    """The last two dims are spatial (NCHW, also the 5-D views of channel shuffles)."""
-    return tuple(t.shape[-2:]) if t.dim() >= 3 else None
 
 
 def _window(geometry: _Geometry, kernel, stride, padding, dilation) -> _Geometry:
@@ -154,7 +150,9 @@ _WINDOW_RULES: dict[Any, Callable[[_Geometry, tuple], _Geometry]] = {
     aten.replication_pad2d: _pad_rule,
 }
 # Reinterpret the same elements in row-major order with another shape.
-_VIEWS = {aten.view, aten._unsafe_view, aten.reshape, aten.unsqueeze, aten.squeeze, aten.flatten, aten.unflatten, aten.alias}
+_VIEWS = {
+    aten.view, aten._unsafe_view, aten.reshape, aten.unsqueeze, aten.squeeze, aten.flatten, aten.unflatten, aten.alias,
+}
 # Ops that move content across cells or resample the grid: no sound rule here.
 _UNSUPPORTED = ("upsample", "grid_sampler", "pixel_shuffle", "pixel_unshuffle", "roll", "flip", "im2col", "col2im")
 
@@ -176,6 +174,18 @@ def _nchw(shape: Sequence[int]) -> _Layout:
 
 def _tagged(layout: _Layout) -> tuple[int, ...]:
     return tuple(g for g, group in enumerate(layout) if any(tag for _, tag in group))
+
+
+def _is_nchw(layout: _Layout, shape: Sequence[int]) -> bool:
+    """Rows and columns are the last two dims, each on its own (the other dims may be anything,
+    e.g. channels regrouped by a channel shuffle)."""
+    n = len(shape)
+    return (
+        len(layout) == n
+        and _tagged(layout) == (n - 2, n - 1)
+        and layout[-2] == ((shape[-2], "row"),)
+        and layout[-1] == ((shape[-1], "col"),)
+    )
 
 
 def _regroup(layout: _Layout, shape: Sequence[int]) -> Optional[_Layout]:
@@ -203,7 +213,7 @@ def _regroup(layout: _Layout, shape: Sequence[int]) -> Optional[_Layout]:
         if product != size:
             return None
         groups.append(tuple(group))
-    return tuple(groups) if not queue else None
+    return tuple(groups) if all(a == (1, None) for a in queue) else None
 
 
 def _union(geometries: list[_Geometry], op: str) -> _Geometry:
@@ -219,13 +229,43 @@ def _union(geometries: list[_Geometry], op: str) -> _Geometry:
     return out[0], out[1]
 
 
+# Reductions: a reduction over a spatial axis is global context (ignored, reported); over other
+# axes (ResNeSt sums its radix groups, CBAM averages channels) the cells are untouched.
+_REDUCTIONS = {
+    aten.mean, aten.sum, aten.amax, aten.amin, aten.max, aten.min, aten.var, aten.std, aten.var_mean,
+    aten.std_mean, aten.logsumexp, aten.norm, aten.linalg_vector_norm, aten.prod, aten.any, aten.all,
+}
+_GLOBAL_POOLS = {aten._adaptive_avg_pool2d, aten.adaptive_max_pool2d}
+
+
+def _reduced_dims(packet, args: tuple, ndim: int) -> set[int]:
+    """The dims a reduction collapses (all of them when it names none)."""
+    position = 2 if packet in (aten.norm, aten.linalg_vector_norm) else 1  # (x, p, dim, ...)
+    dims = args[position] if len(args) > position else None
+    if isinstance(dims, int) and not isinstance(dims, bool):
+        return {dims % ndim}
+    if isinstance(dims, (list, tuple)) and len(dims) > 0:
+        return {d % ndim for d in dims}
+    return set(range(ndim))
+
+
+_LOST = "lost"  # a tensor computed from the image in a way the tracer could not follow
+
+
 class _GeometryTracer(TorchDispatchMode):
-    """Attaches ``(geometry, layout)`` to every tensor derived from the traced input."""
+    """Attaches ``(geometry, layout)`` to every tensor derived from the traced input.
+
+    Soundness: a tensor whose geometry cannot be followed (an unknown reshape, a select on a
+    spatial axis, ...) is marked lost, and so is everything computed from it, so it can never be
+    silently dropped from a merge; only reductions over the spatial axes (global context) end a
+    path without a trace.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.info: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.global_context: set[str] = set()
+        self.lost_at: set[str] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -233,63 +273,93 @@ class _GeometryTracer(TorchDispatchMode):
         inputs = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t in self.info]
         if inputs:
             outputs = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
-            if not self._propagate(func, args, inputs, outputs):
-                # Global pooling (SE gates), flattening: the local geometry ends here.
-                self.global_context.add(str(func.overloadpacket))
+            name = str(func.overloadpacket)
+            if any(self.info[t] is _LOST for t in inputs):
+                status = "lost"
+            else:
+                status = self._propagate(func.overloadpacket, name, args, inputs, outputs)
+            if status == "lost":
+                self.lost_at.add(name)
+                for t in outputs:
+                    self.info[t] = _LOST
+            elif status == "global":
+                self.global_context.add(name)
         return out
 
-    def _propagate(self, func, args: tuple, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> bool:
-        packet = func.overloadpacket
-        name = str(packet)
+    def _propagate(
+        self, packet, name: str, args: tuple, inputs: list[torch.Tensor], outputs: list[torch.Tensor]
+    ) -> str:
+        """Set the outputs' geometry; return "ok", "global" (spatial reduction) or "lost"."""
         if any(word in name for word in _UNSUPPORTED):
             raise NotImplementedError(f"receptive field: no rule for {name}")
-        source = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        tracked = source is not None and source in self.info
-        if tracked and packet is aten.slice:
-            geometry, layout = self.info[source]
-            out = outputs[0]
-            dim = (args[1] if len(args) > 1 else 0) % source.dim()
-            if dim not in _tagged(layout):  # channel slicing: the cells are untouched
-                self.info[out] = (geometry, tuple(_plain(out.shape[g]) if g == dim else layout[g] for g in range(out.dim())))
-            elif layout == _nchw(source.shape):  # strided spatial slicing (space-to-depth stems)
-                self.info[out] = (_slice_rule(geometry, args, source.dim(), source.shape[dim]), _nchw(out.shape))
-            else:
-                raise NotImplementedError("receptive field: slicing a merged spatial axis")
-            return True
-        if tracked and packet in _WINDOW_RULES:
-            geometry, layout = self.info[source]
-            if layout != _nchw(source.shape):
+        source = args[0] if args and isinstance(args[0], torch.Tensor) and args[0] in self.info else None
+        if source is None:  # e.g. the image enters as a later argument: use the generic rule
+            return self._elementwise(name, inputs, outputs)
+        geometry, layout = self.info[source]
+        ndim, tagged = source.dim(), _tagged(layout)
+
+        if packet in _WINDOW_RULES:
+            if not _is_nchw(layout, source.shape):
                 raise NotImplementedError(f"receptive field: {name} on a tensor that is not (N, C, H, W)")
             geometry = _WINDOW_RULES[packet](geometry, args)
             for t in outputs:  # max_pool2d_with_indices also returns the indices
-                if t.dim() == source.dim():
+                if t.dim() == ndim:
                     self.info[t] = (geometry, _nchw(t.shape))
-            return True
-        if tracked and packet in (aten.permute, aten.transpose, aten.t):
-            geometry, layout = self.info[source]
-            order = list(range(source.dim()))
-            if packet is aten.permute:
-                order = [d % source.dim() for d in args[1]]
+            return "ok"
+        if packet is aten.slice:
+            out, dim = outputs[0], (args[1] if len(args) > 1 else 0) % ndim
+            if dim not in tagged:  # channel slicing: the cells are untouched
+                kept = tuple(_plain(out.shape[g]) if g == dim else layout[g] for g in range(ndim))
+                self.info[out] = (geometry, kept)
+            elif _is_nchw(layout, source.shape):  # strided spatial slicing (space-to-depth stems)
+                self.info[out] = (_slice_rule(geometry, args, ndim, source.shape[dim]), _nchw(out.shape))
             else:
-                a, b = (args[1] % source.dim(), args[2] % source.dim()) if packet is aten.transpose else (0, 1)
+                return "lost"
+            return "ok"
+        if packet in (aten.select, aten.unbind):
+            dim = (args[1] if len(args) > 1 else 0) % ndim
+            if dim in tagged:
+                return "lost"
+            for t in outputs:
+                self.info[t] = (geometry, layout[:dim] + layout[dim + 1 :])
+            return "ok"
+        if packet in (aten.permute, aten.transpose, aten.t):
+            order = list(range(ndim))
+            if packet is aten.permute:
+                order = [d % ndim for d in args[1]]
+            else:
+                a, b = (args[1] % ndim, args[2] % ndim) if packet is aten.transpose else (0, 1)
                 order[a], order[b] = order[b], order[a]
             self.info[outputs[0]] = (geometry, tuple(layout[d] for d in order))
-            return True
-        if tracked and packet in _VIEWS:
-            geometry, layout = self.info[source]
+            return "ok"
+        if packet in _VIEWS:
             regrouped = _regroup(layout, outputs[0].shape)
             if regrouped is None:
-                return False
+                return "lost"
             self.info[outputs[0]] = (geometry, regrouped)
-            return True
+            return "ok"
+        if packet in _GLOBAL_POOLS:
+            if tuple(outputs[0].shape[-2:]) != (1, 1):
+                raise NotImplementedError(f"receptive field: no rule for {name} to {tuple(outputs[0].shape[-2:])}")
+            return "global"
+        if packet in _REDUCTIONS and not any(isinstance(a, torch.Tensor) for a in args[1:]):  # not max(x, y)
+            dims = _reduced_dims(packet, args, ndim)
+            if dims & set(tagged):
+                return "global"
+            for t in outputs:
+                if t.dim() == ndim:  # keepdim
+                    self.info[t] = (geometry, tuple(() if g in dims else layout[g] for g in range(ndim)))
+                elif t.dim() == ndim - len(dims):
+                    self.info[t] = (geometry, tuple(layout[g] for g in range(ndim) if g not in dims))
+            return "ok"
         if packet is aten.as_strided:
-            return False
+            return "lost"
         return self._elementwise(name, inputs, outputs)
 
-    def _elementwise(self, name: str, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> bool:
+    def _elementwise(self, name: str, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> str:
         """Any other op: an output keeps the spatial axes of the inputs whose spatial dims it
         shares (size and position), whatever happens to the other dims (channel concatenation,
-        splits, channel means, matrix products over channels); their regions are merged."""
+        splits, matrix products over channels, normalisation); their regions are merged."""
         assigned = False
         for t in outputs:
             matches = []
@@ -302,14 +372,17 @@ class _GeometryTracer(TorchDispatchMode):
                 continue
             tagged = matches[0][2]
             if any(m[2] != tagged or any(m[1][g] != matches[0][1][g] for g in tagged) for m in matches):
-                continue
-            if len(matches) < len(inputs):
-                self.global_context.add(name)  # a spatially broadcast input with its own geometry
+                return "lost"
             layout = tuple(matches[0][1][g] if g in tagged else _plain(t.shape[g]) for g in range(t.dim()))
             geometries = [m[0] for m in matches]
             self.info[t] = (_union(geometries, name) if len(geometries) > 1 else geometries[0], layout)
             assigned = True
-        return assigned
+        if not assigned:
+            return "lost"
+        if any(all(i.dim() != t.dim() or any(t.shape[g] != i.shape[g] for g in _tagged(self.info[i][1]))
+                   for t in outputs) for i in inputs):
+            return "global"  # an input broadcast over the grid (its own geometry not counted)
+        return "ok"
 
 
 def _maps(output) -> list[torch.Tensor]:
@@ -337,7 +410,8 @@ def _run(module: nn.Module, image_size: Size, in_chans: int, device: Optional[st
                     output = functional_call(module, tensors, (x,))
             else:
                 param = next(module.parameters(), None)
-                x = torch.zeros(1, in_chans, height, width, device=device or (param.device if param is not None else "cpu"))
+                where = device or (param.device if param is not None else "cpu")
+                x = torch.zeros(1, in_chans, height, width, device=where)
                 tracer.info[x] = (_PIXELS, _nchw(x.shape))
                 with tracer:
                     output = module(x)
@@ -356,16 +430,24 @@ def receptive_fields(
     ``jump``, ``size`` and ``start`` do not depend on the image size for fixed-padding networks,
     but ``n`` does, and so does ``start`` for TensorFlow-style "same" padding (timm's ``tf_*``
     models pad depending on the input size), so trace at the size you train at.
-    ``device="meta"`` runs without weights or compute; ``None`` runs the module as it is.
+    ``device="meta"`` runs without weights or compute (falling back to a real run for modules
+    that cannot run on meta tensors, e.g. with unregistered tensor attributes); ``None`` runs the
+    module as it is.
     """
-    maps, tracer, size = _run(module, image_size, in_chans, device)
+    try:
+        maps, tracer, size = _run(module, image_size, in_chans, device)
+    except RuntimeError as err:
+        if device != "meta" or isinstance(err, NotImplementedError):
+            raise
+        maps, tracer, size = _run(module, image_size, in_chans, None)
     fields = []
     context = tuple(sorted(tracer.global_context))
     for i, fmap in enumerate(maps):
-        if fmap not in tracer.info or tracer.info[fmap][1] != _nchw(fmap.shape):
+        if fmap not in tracer.info or not _is_nchw(tracer.info[fmap][1], fmap.shape):
             raise ValueError(
                 f"feature map {i} of shape {tuple(fmap.shape)} lost its spatial geometry "
-                f"(ops that dropped it: {list(context)}); only convolutional maps are supported"
+                f"(ops that could not be followed: {sorted(tracer.lost_at)}, global: {list(context)}); "
+                "only convolutional maps are supported"
             )
         rows, cols = tracer.info[fmap][0]
         fields.append(

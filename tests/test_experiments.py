@@ -241,3 +241,24 @@ def test_attention_experiment_artefacts(experiment, maps, tmp_path, synthetic_ca
     with open(run_dir / "metrics.csv") as handle:
         rows = [r for r in csv.DictReader(handle) if r.get("val/lesion_mass")]
     assert len(rows) == 2
+
+
+def test_abe_run_reports_retrieval_and_knn_and_retrieves(tmp_path, synthetic_cache):
+    run_dir = train(quick_args(REPO / "experiments" / "abe.yaml", tmp_path, synthetic_cache, "--trainer.max_epochs=1",
+                               "--trainer.limit_train_batches=3", "--run.wandb=false"))  # fmt: skip
+    test = json.loads((run_dir / "metrics.json").read_text())["test"]
+    for k in (1, 2, 4, 8):
+        assert 0.0 <= test[f"recall@{k}"] <= 1.0
+    assert test["recall@1"] <= test["recall@2"] <= test["recall@4"] <= test["recall@8"]
+    assert 0.0 <= test["auroc"] <= 1.0 and 0.0 <= test["bacc"] <= 1.0
+    assert sorted(p.name for p in (run_dir / "attention").glob("*.png"))[0] == "epoch000_learner0.png"
+
+    from experiments.retrieve import retrieve
+
+    from datamodules.lesion_datamodule import LesionDataModule
+
+    query = LesionDataModule(data_dir=str(synthetic_cache), source_options=SMALL_SYNTHETIC).records("test")[0]
+    best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
+    neighbours = retrieve(str(best), str(query.image_path), k=3, out=str(tmp_path / "n.png"))
+    assert len(neighbours) == 3 and (tmp_path / "n.png").stat().st_size > 0
+    assert [n["distance"] for n in neighbours] == sorted(n["distance"] for n in neighbours)

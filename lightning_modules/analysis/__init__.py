@@ -1,1 +1,1 @@
-"""Post-hoc analysis of trained networks: ProtoPNet push (prototype projection) and attacks."""
+"""Post-hoc analysis of trained networks (saliency, ProtoPNet push, prototype attacks)."""

@@ -84,14 +84,14 @@ class AttentionMapLogger(L.Callback):
         image = batch["image"].to(pl_module.device)
         meta = batch["meta"].to(pl_module.device)
         maps = pl_module.attention_maps(image, meta)
-        probs = pl_module(image, meta).float().softmax(dim=1)
+        probs = pl_module.class_probabilities(image, meta) if hasattr(pl_module, "class_probabilities") else None
         pl_module.train(was_training)
         hp = trainer.datamodule.hparams
         pictures = denormalise(image, hp.normalize_mean, hp.normalize_std)
         names = pl_module.class_names
         captions = [
-            f"{names[int(y)]} -> {names[int(p.argmax())]} ({float(p.max()):.2f})"
-            for y, p in zip(batch["label"], probs)
+            f"{names[int(y)]} -> {names[int(p.argmax())]} ({float(p.max()):.2f})" if p is not None else names[int(y)]
+            for y, p in zip(batch["label"], probs if probs is not None else [None] * len(batch["label"]))
         ]
         out = {}
         for name, attention in maps.items():

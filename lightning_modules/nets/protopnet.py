@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.backbones import create_backbone, feature_channels
+from lightning_modules.receptive_field import ReceptiveField, receptive_field
 
 
 class ProtoPNetOutput(NamedTuple):
@@ -47,9 +48,10 @@ class ProtoPNet(nn.Module):
 
         ``class_specific`` does not change the network: every prototype still has a class, which
         only sets the initial +1 / ``incorrect_class_connection`` pattern of the last layer. It is
-        stored for the training code, where it switches the costs (cluster cost over all
-        prototypes, no separation cost, L1 on every last-layer weight) and lets the push take
-        patches from images of any class. (The reference implementation crashes on this path.)
+        stored for the training code (``protopnet_loss``, ``PushSearch.for_net``), where
+        ``False`` means: cluster cost to the closest prototype of any class, no separation cost,
+        L1 on every last-layer weight, and a push that may take patches from images of any class.
+        (The reference code's non-class-specific path crashes; here it is tested.)
 
         ``feature_stage`` picks the backbone stage (timm ``out_indices``, negative counts from the
         deepest). For timm VGG the last stage is pool-5, as in the paper.
@@ -132,10 +134,9 @@ class ProtoPNet(nn.Module):
         logits = self.last_layer(self.distance_to_similarity(min_distances))
         return ProtoPNetOutput(logits, min_distances, distances, z)
 
-    def receptive_field(self, image_size: int = 224):
-        """Receptive field of a cell of z (the 1x1 add-on layers do not change it)."""
-        from lightning_modules.receptive_field import receptive_field
-
+    def receptive_field(self, image_size: int = 224) -> ReceptiveField:
+        """Receptive field of a cell of z (the 1x1 add-on layers do not change it); use with
+        ``receptive_field.cell_box`` to find the image box of a prototype's patch."""
         return receptive_field(self.backbone, image_size)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:

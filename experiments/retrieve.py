@@ -1,0 +1,82 @@
+"""Retrieval demo: the k training lesions most similar to an image, by an embedding model (ABE-M).
+
+    python -m experiments.retrieve --ckpt runs/abe/<run>/checkpoints/best-epochNNN.ckpt \
+        --image path/to/lesion.png [--k 5] [--out neighbours.png]
+
+Prints the neighbours (image id, class, distance) and renders query | neighbours as one PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from datamodules.dataset import load_rgb  # noqa: E402
+from datamodules.transforms import build_transforms  # noqa: E402
+from experiments.predict import build_datamodule, build_module, load_checkpoint  # noqa: E402
+from lightning_modules.plots import _to_array  # noqa: E402
+
+
+@torch.no_grad()
+def embed_training_images(module, datamodule) -> torch.Tensor:
+    return torch.cat([module(b["image"], b["meta"]) for b in datamodule.eval_dataloader("train")])
+
+
+@torch.no_grad()
+def retrieve(ckpt: str, image: str, k: int = 5, out: Optional[str] = None) -> list[dict]:
+    checkpoint = load_checkpoint(ckpt)
+    module = build_module(checkpoint)
+    datamodule = build_datamodule(checkpoint, None, None, "train", num_workers=0)
+    hp = datamodule.hparams
+    query_pixels = load_rgb(Path(image))
+    transform = build_transforms(False, hp.image_size, hp.augment, hp.normalize_mean, hp.normalize_std)
+    query = module(transform(image=query_pixels)["image"][None], torch.zeros(1, datamodule.meta_dim))
+    bank = embed_training_images(module, datamodule)
+    distances, order = torch.cdist(query, bank)[0].topk(min(k, len(bank)), largest=False)
+    records = datamodule.records("train")
+    neighbours = [{"image_id": records[i].image_id, "class": datamodule.class_names[records[i].label],
+                   "distance": float(d), "path": str(records[i].image_path)}
+                  for d, i in zip(distances.tolist(), order.tolist())]  # fmt: skip
+    out_path = Path(out) if out else Path(ckpt).resolve().parent.parent / f"retrieval_{Path(image).stem}.png"
+    render(query_pixels, neighbours, out_path)
+    return neighbours
+
+
+def render(query: np.ndarray, neighbours: list[dict], path: Path) -> Path:
+    fig, axes = plt.subplots(1, len(neighbours) + 1, figsize=(2.2 * (len(neighbours) + 1), 2.6))
+    axes[0].imshow(query)
+    axes[0].set_title("query", fontsize=9)
+    for ax, n in zip(axes[1:], neighbours):
+        ax.imshow(load_rgb(Path(n["path"])))
+        ax.set_title(f"{n['class']}  d={n['distance']:.2f}", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    plt.imsave(path, _to_array(fig))
+    return path
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--image", required=True, help="an image file (any size; RGB/RGBA/grayscale)")
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--out", default=None, help="default: <run>/retrieval_<image>.png")
+    args = parser.parse_args(argv)
+    for n in retrieve(args.ckpt, args.image, args.k, args.out):
+        print(f"{n['image_id']:24s} {n['class']:8s} {n['distance']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+""""This Does Not Look Like That" (Hoffmann et al., 2021): a small perturbation confined to a
+region of the image changes how strongly a ProtoPNet prototype fires.
+
+Projected gradient descent with sign steps (Madry et al. 2018) on the prototype's similarity,
+either at a chosen feature-map cell or at its best cell. After every step the perturbation is
+projected onto three sets at once: the L-inf ball of radius ``epsilon``, the region mask (zero
+outside it) and the valid pixel range [0, 1]. The published notebook references variables it never
+defines; this is a clean re-derivation from the paper's description.
+
+Units: ``epsilon``, ``step_size``, the returned perturbation and its norms are in [0, 1] pixel
+units (``8 / 255`` is a typical budget), not in normalised units, whose scale differs per channel.
+The network still receives normalised images: ``x_norm = (x - mean) / std``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
+
+
+@dataclass
+class AttackResult:
+    image: torch.Tensor  # (1, 3, H, W) perturbed image, normalised like the input (equal to it outside the mask)
+    perturbation: torch.Tensor  # (1, 3, H, W) in [0, 1] pixel units, zero outside the mask
+    similarity_before: float  # at target_cell, or the maximum over cells
+    similarity_after: float
+    cell_before: tuple[int, int]  # the cell the similarity was read at
+    cell_after: tuple[int, int]
+    similarity_map_before: torch.Tensor  # (h, w) similarity of the prototype at every cell
+    similarity_map_after: torch.Tensor
+    linf: float
+    l2: float
+
+
+def _similarity_map(net: nn.Module, image: torch.Tensor, prototype: int) -> torch.Tensor:
+    distances = net.distances(net.latent(image))[0, prototype]  # (h, w)
+    return net.distance_to_similarity(distances)
+
+
+def _read(similarity: torch.Tensor, target_cell: Optional[tuple[int, int]]) -> tuple[torch.Tensor, tuple[int, int]]:
+    if target_cell is not None:
+        return similarity[target_cell], tuple(target_cell)
+    flat = int(similarity.flatten().argmax())
+    return similarity.flatten()[flat], divmod(flat, similarity.shape[1])
+
+
+def prototype_attack(
+    net: nn.Module,
+    image: torch.Tensor,
+    prototype: int,
+    region_mask: torch.Tensor,
+    target_cell: Optional[tuple[int, int]] = None,
+    mode: str = "raise",
+    epsilon: float = 8 / 255,
+    steps: int = 40,
+    step_size: Optional[float] = None,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+) -> AttackResult:
+    """Raise (``mode="raise"``) or lower (``"lower"``) the similarity of ``prototype`` by
+    perturbing only the pixels where ``region_mask`` (H, W) is True.
+
+    ``image`` (1, 3, H, W) is normalised with ``mean``/``std``. ``target_cell`` (row, col) of the
+    feature map is the cell whose similarity is attacked; without it, the best cell (recomputed
+    every step). ``step_size`` defaults to ``2.5 * epsilon / steps``. The iterate with the best
+    objective is returned, so the attack never does worse than the unperturbed image. Pixels that
+    are already outside [0, 1] in the input are never pushed further out. The network is run in
+    eval mode and its parameters receive no gradient. A mask outside the receptive field of
+    ``target_cell`` (``receptive_field.cell_box``) has no effect at all; with ImageNet-depth
+    backbones every cell sees most of the image, which is what makes the attack work.
+    """
+    if mode not in ("raise", "lower"):
+        raise ValueError(f"mode must be 'raise' or 'lower', got {mode!r}")
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError(f"image must be (1, C, H, W), got {tuple(image.shape)}")
+    if region_mask.shape != image.shape[-2:]:
+        raise ValueError(f"region_mask {tuple(region_mask.shape)} does not match the image {tuple(image.shape[-2:])}")
+    step_size = 2.5 * epsilon / max(steps, 1) if step_size is None else step_size
+    sign = 1.0 if mode == "raise" else -1.0
+
+    device, dtype = image.device, image.dtype
+    mean_t = torch.as_tensor(mean, device=device, dtype=dtype)[None, :, None, None]
+    std_t = torch.as_tensor(std, device=device, dtype=dtype)[None, :, None, None]
+    image = image.detach()
+    pixels = image * std_t + mean_t  # [0, 1] units, for the range bounds only
+    mask = region_mask.to(device=device, dtype=dtype)[None, None]
+    # epsilon in the image dtype, rounded down so that ``linf <= epsilon`` holds exactly.
+    eps = torch.tensor(epsilon, dtype=dtype)
+    if eps.item() > epsilon:
+        eps = torch.nextafter(eps, torch.zeros_like(eps))
+    epsilon = eps.item()
+    # Per-pixel bounds of the perturbation: the epsilon ball intersected with the valid range.
+    # For a pixel outside [0, 1] the bound towards the range is kept (it may move inwards only).
+    low = (-pixels).clamp(-epsilon, 0.0) * mask
+    high = (1.0 - pixels).clamp(0.0, epsilon) * mask
+
+    def objective(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        similarity = _similarity_map(net, image + delta / std_t, prototype)
+        value, _ = _read(similarity, target_cell)
+        return value, similarity
+
+    training = {m: m.training for m in net.modules()}
+    net.eval()
+    try:
+        delta = torch.zeros_like(pixels)
+        best_value, best_delta = -float("inf"), delta
+        for step in range(steps + 1):  # step 0 scores the clean image
+            delta.requires_grad_(True)
+            value, similarity = objective(delta)
+            if step == 0:
+                map_before = similarity.detach()
+            if sign * value.item() > best_value:
+                best_value, best_delta = sign * value.item(), delta.detach().clone()
+            if step == steps:
+                break
+            (grad,) = torch.autograd.grad(sign * value, delta)
+            with torch.no_grad():
+                delta = torch.minimum(torch.maximum(delta + step_size * grad.sign(), low), high)
+        with torch.no_grad():
+            _, map_after = objective(best_delta)
+    finally:
+        for m, was_training in training.items():
+            m.training = was_training
+
+    before, cell_before = _read(map_before, target_cell)
+    after, cell_after = _read(map_after, target_cell)
+    return AttackResult(
+        image=(image + best_delta / std_t).detach(),
+        perturbation=best_delta.detach(),
+        similarity_before=float(before),
+        similarity_after=float(after),
+        cell_before=cell_before,
+        cell_after=cell_after,
+        similarity_map_before=map_before.detach(),
+        similarity_map_after=map_after.detach(),
+        linf=float(best_delta.abs().max()),
+        l2=float(best_delta.flatten().norm()),
+    )

@@ -1,0 +1,106 @@
+"""ABE-M: losses by hand, Recall@K on a hand-made embedding set, the P x K sampler, the network."""
+
+import math
+
+import pytest
+import torch
+
+from datamodules.samplers import ClassBalancedBatchSampler
+from lightning_modules.losses import contrastive_loss, divergence_loss
+from lightning_modules.nets.abe import ABE, split_backbone
+from lightning_modules.backbones import create_backbone
+from lightning_modules.retrieval import knn_probabilities, recall_at_k
+
+
+def test_contrastive_loss_by_hand():
+    e = torch.tensor([[0.0, 0.0], [0.6, 0.0], [0.0, 2.0], [3.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    # positive pairs: (0,1) d2 = 0.36; (2,3) d2 = 9 + 4 = 13 -> mean 6.68
+    # negative pairs with margin 1: (0,2) 4, (0,3) 9, (1,2) 0.36+4, (1,3) 5.76 -> all beyond the margin: 0
+    assert contrastive_loss(e, labels, margin=1.0).item() == pytest.approx((0.36 + 13) / 2)
+    # margin 5: relu(5 - [4, 9, 4.36, 5.76]) = [1, 0, 0.64, 0] -> mean 0.41
+    assert contrastive_loss(e, labels, margin=5.0).item() == pytest.approx((0.36 + 13) / 2 + 0.41)
+
+
+def test_divergence_loss_pairs_learners_of_the_same_image_only():
+    # image 0: learners at distance^2 0.25 -> each ordered pair relu(1 - 0.25) = 0.75
+    # image 1: learners 4 apart -> 0. Image 0's learner 0 equals image 1's learner 0: no pair across images.
+    x = torch.tensor([[[0.0, 0.0], [0.5, 0.0]], [[0.0, 0.0], [2.0, 0.0]]])
+    assert divergence_loss(x, margin=1.0).item() == pytest.approx((0.75 + 0.75 + 0 + 0) / 4)
+    # learners far apart within each image, but image 0's learners sit next to image 1's: a version
+    # that paired different images would see distance^2 0.01 and a loss near 0.99
+    apart = torch.tensor([[[0.0, 0.0], [3.0, 0.0]], [[0.1, 0.0], [3.1, 0.0]]])
+    assert divergence_loss(apart, 1.0).item() == 0.0
+    assert divergence_loss(x[:, :1]).item() == 0.0
+
+
+def test_recall_at_k_on_a_hand_made_set():
+    # 1-D embeddings: items 0,1 class A close together; 2 (class B) near 0; 3,4 class B far away.
+    e = torch.tensor([[0.0], [1.0], [0.4], [10.0], [11.0]])
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    r = recall_at_k(e, labels, ks=(1, 2))
+    # nearest of 0 is 2 (B): miss; of 1: 2 (0.6) vs 0 (1.0) -> miss; of 2: 0 -> miss; 3 -> 4 hit; 4 -> 3 hit
+    assert r[1] == pytest.approx(2 / 5)
+    # two nearest: 0 -> {2, 1} hit; 1 -> {2, 0} hit; 2 -> {0, 1} miss; 3, 4 hit
+    assert r[2] == pytest.approx(4 / 5)
+    # another set: A at 0, 1; B at 5.8, 10, 11. Every nearest neighbour shares the class...
+    e = torch.tensor([[0.0], [1.0], [5.8], [10.0], [11.0]])
+    assert recall_at_k(e, labels, ks=(1,))[1] == pytest.approx(1.0)
+    # ...but if 5.8 and 10 are photos of one lesion, 5.8 may not retrieve 10: its nearest is 1 (A)
+    groups = torch.tensor([0, 1, 2, 2, 3])
+    assert recall_at_k(e, labels, groups, ks=(1,))[1] == pytest.approx(4 / 5)
+
+
+def test_knn_probabilities():
+    bank = torch.tensor([[0.0], [1.0], [5.0]])
+    probs = knn_probabilities(torch.tensor([[0.1]]), bank, torch.tensor([0, 0, 1]), num_classes=2, k=2)
+    assert probs[0, 0].item() == pytest.approx(1.0) and probs.sum().item() == pytest.approx(1.0)
+    # query 4.0: neighbours 5.0 (class 1, distance 1) and 1.0 (class 0, distance 3): votes 1 : 1/3
+    probs = knn_probabilities(torch.tensor([[4.0]]), bank, torch.tensor([0, 0, 1]), num_classes=2, k=2)
+    assert probs[0, 1].item() == pytest.approx(1.0 / (1.0 + 1 / 3), rel=1e-4)
+
+
+def test_pk_sampler_batches():
+    labels = [0] * 10 + [1] * 3 + [2] * 6 + [3] * 8
+    sampler = ClassBalancedBatchSampler(labels, classes_per_batch=3, images_per_class=4, num_batches=5, seed=1)
+    batches = list(sampler)
+    assert len(batches) == 5
+    for batch in batches:
+        assert len(batch) == 12
+        classes = [labels[i] for i in batch]
+        assert len(set(classes)) == 3 and all(classes.count(c) == 4 for c in set(classes))
+        for c in set(classes):  # without replacement where the class has enough images
+            chosen = [i for i in batch if labels[i] == c]
+            if labels.count(c) >= 4:
+                assert len(set(chosen)) == 4
+    assert batches == list(sampler)  # same epoch, same batches
+    sampler.set_epoch(1)
+    assert batches != list(sampler)
+    other_rank = ClassBalancedBatchSampler(labels, 3, 4, 5, seed=1, rank=1, world_size=2)
+    assert list(other_rank) != list(ClassBalancedBatchSampler(labels, 3, 4, 5, seed=1, rank=0, world_size=2))
+
+
+@pytest.mark.parametrize("backbone", ["resnet10t", "efficientnet_b0", "vgg11_bn"])
+def test_split_backbone_reproduces_the_backbone(backbone):
+    full = create_backbone(backbone).eval()
+    s, g, _, _ = split_backbone(full, -2)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        maps = full(x)
+        assert torch.allclose(s(x), maps[-2], atol=1e-5)
+        assert torch.allclose(g(s(x)), maps[-1], atol=1e-5)
+
+
+def test_abe_learners_and_heads():
+    torch.manual_seed(0)
+    net = ABE("resnet10t", num_learners=4, embedding_dim=64).eval()
+    emb, maps = net(torch.randn(3, 3, 64, 64), return_attention=True)
+    assert emb.shape == (3, 4, 16)
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(3, 4), atol=1e-5)
+    assert set(maps) == {f"learner{m}" for m in range(4)} and maps["learner0"].shape == (3, 4, 4)
+    assert not torch.allclose(emb[:, 0], emb[:, 1])  # different attention modules, different learners
+    heads = ABE("resnet10t", num_learners=4, embedding_dim=64, ensemble="heads")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(heads) > 2 * count(net)  # M-heads copies G; ABE-M shares it
+    with pytest.raises(ValueError, match="divisible"):
+        ABE("resnet10t", num_learners=3, embedding_dim=64)
