@@ -107,6 +107,9 @@ class DermCLI(LightningCLI):
         if run.wandb:
             loggers.append(make_wandb_logger(run_dir, run.name, run.wandb_project))
         callbacks = list(self.config_init.trainer.get("callbacks") or [])
+        for callback in callbacks:  # e.g. the prototype push: its pictures go to the run folder
+            if getattr(callback, "uses_run_dir", False) and getattr(callback, "dirpath", None) is None:
+                callback.dirpath = str(run_dir)
         callbacks += [
             ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best-epoch{epoch:03d}",
                             auto_insert_metric_name=False, monitor=monitor, mode=mode, save_top_k=1,

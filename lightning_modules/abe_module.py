@@ -20,7 +20,6 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from lightning_modules.attention import LesionMass
 from lightning_modules.classifier import LesionClassifier
 from lightning_modules.losses import contrastive_loss, divergence_loss
 from lightning_modules.nets.abe import ABE
@@ -57,9 +56,8 @@ class ABEModule(LesionClassifier):
         self.net_config = dict(backbone=backbone, num_learners=num_learners, embedding_dim=embedding_dim,
                                split_stage=split_stage, ensemble=ensemble, pretrained=pretrained,
                                weights_path=weights_path)  # fmt: skip
+        self.attention_names = tuple(f"learner{m}" for m in range(num_learners)) if ensemble == "attention" else ()
         super().__init__(monitor=monitor, **kwargs)
-        self.lesion_mass = nn.ModuleDict({f"{s}_learner{m}": LesionMass() for s in ("train", "val")
-                                          for m in range(num_learners)}) if ensemble == "attention" else None
         self._collected: dict[str, list[torch.Tensor]] = {}
         self._bank: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
@@ -91,27 +89,8 @@ class ABEModule(LesionClassifier):
         for name, value in losses.items():
             self.log(f"train/{name}", value, on_step=name == "loss", on_epoch=True, prog_bar=name == "loss",
                      batch_size=n)
-        self._update_lesion_mass("train", maps, batch)
+        self.update_lesion_mass("train", maps, batch)
         return losses["loss"]
-
-    def _update_lesion_mass(self, stage: str, maps: dict, batch: dict) -> None:
-        if self.lesion_mass is not None and "mask" in batch:
-            for name, attention in maps.items():
-                self.lesion_mass[f"{stage}_{name}"].update(attention.detach(), batch["mask"])
-
-    def _log_lesion_mass(self, stage: str) -> None:
-        if self.lesion_mass is None:
-            return
-        metrics = [self.lesion_mass[f"{stage}_learner{m}"] for m in range(self.hparams.num_learners)]
-        if int(metrics[0].count) == 0:
-            return
-        values = torch.stack([metric.compute() for metric in metrics])
-        self.log(f"{stage}/lesion_mass", values.mean())
-        for metric in metrics:
-            metric.reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_lesion_mass("train")
 
     # -- evaluation ----------------------------------------------------------------------------
     def _collect(self, learners: torch.Tensor, batch: dict) -> None:
@@ -124,8 +103,7 @@ class ABEModule(LesionClassifier):
         losses = self.metric_losses(learners, batch["label"])
         self.log("val/loss", losses["loss"], on_epoch=True, batch_size=batch["label"].shape[0], sync_dist=True)
         self._collect(learners, batch)
-        if not self.trainer.sanity_checking:
-            self._update_lesion_mass("val", maps, batch)
+        self.update_lesion_mass("val", maps, batch)
 
     def _retrieval(self, stage: str) -> None:
         chunks, self._collected = self._collected, {}
@@ -150,10 +128,9 @@ class ABEModule(LesionClassifier):
         for m in range(learners.shape[1]):
             self.log(f"{stage}/recall@1_learner{m}", recall_at_k(learners[:, m], labels, groups, (1,))[1])
 
-    def on_validation_epoch_end(self) -> None:
+    def on_validation_epoch_end(self) -> None:  # no classification report: ABE-M does not classify here
         self._retrieval("val")
-        if not self.trainer.sanity_checking:
-            self._log_lesion_mass("val")
+        self.log_lesion_mass("val")
 
     # -- test: k-NN classification against the training images ------------------------------
     @torch.no_grad()
@@ -168,7 +145,8 @@ class ABEModule(LesionClassifier):
         self._bank = self._embed_bank()
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:
-        learners = self.net(batch["image"], batch["meta"])
+        learners, maps = self.net(batch["image"], batch["meta"], return_attention=True)
+        self.update_lesion_mass("test", maps, batch)
         bank, bank_labels = self._bank
         probs = knn_probabilities(learners.flatten(1), bank, bank_labels, self.hparams.num_classes,
                                   self.hparams.knn_k)  # fmt: skip
@@ -181,6 +159,7 @@ class ABEModule(LesionClassifier):
     def on_test_epoch_end(self) -> None:
         self._retrieval("test")
         self._report("test")
+        self.log_lesion_mass("test")
         self._bank = None
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:

@@ -8,7 +8,7 @@ at test time the same score for Grad-CAM on the same images (``test/gradcam_lesi
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from torch import nn
 
 from lightning_modules.analysis.gradcam import grad_cam
 from lightning_modules.attention import LesionMass
-from lightning_modules.classifier import STAGES, LesionClassifier
+from lightning_modules.classifier import LesionClassifier
 from lightning_modules.nets.attn_vgg import AttnVGG
 from lightning_modules.nets.soft_attention import SoftAttentionClassifier
 
@@ -36,8 +36,6 @@ class AttentionClassifier(LesionClassifier):
     """Base for networks whose ``forward(image, meta, return_attention=True)`` returns
     ``(logits, {name: (B, h, w) map})``; subclasses list the names in ``attention_names``."""
 
-    attention_names: Sequence[str] = ()
-
     def __init__(self, mask_loss_weight: float = 0.0, gradcam_in_test: bool = True, **kwargs: Any):
         """
         Args:
@@ -48,31 +46,23 @@ class AttentionClassifier(LesionClassifier):
             **kwargs: :class:`~lightning_modules.classifier.LesionClassifier` arguments.
         """
         super().__init__(**kwargs)
-        self.lesion_mass = nn.ModuleDict(
-            {f"{stage}_{name}": LesionMass() for stage in STAGES for name in self.attention_names}
-        )
         self.gradcam_mass = LesionMass()
         self._warned_inference = False
 
     def attention_maps(self, image: torch.Tensor, meta: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.net(image, meta, return_attention=True)[1]
 
-    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-        return self.net(image, meta)
-
     def compute_loss(self, batch: dict, stage: str):
         logits, maps = self.net(batch["image"], batch["meta"], return_attention=True)
         loss = self.criterion(logits, batch["label"])
         terms: dict[str, torch.Tensor] = {}
         if "mask" in batch:
-            for name, attention in maps.items():
-                self.lesion_mass[f"{stage}_{name}"].update(attention.detach(), batch["mask"])
             if self.hparams.mask_loss_weight > 0 and stage == "train":
                 terms["mask_loss"] = sum(mask_dice_loss(a, batch["mask"]) for a in maps.values()) / len(maps)
                 loss = loss + self.hparams.mask_loss_weight * terms["mask_loss"]
             if stage == "test" and self.hparams.gradcam_in_test:
                 self._score_gradcam(batch)
-        return logits, loss, terms
+        return logits, loss, terms, maps
 
     def _score_gradcam(self, batch: dict) -> None:
         if torch.is_inference_mode_enabled():
@@ -83,34 +73,11 @@ class AttentionClassifier(LesionClassifier):
         cams = grad_cam(self.forward, self.net.backbone, batch["image"], batch["meta"])
         self.gradcam_mass.update(cams, batch["mask"])
 
-    def _log_lesion_mass(self, stage: str) -> None:
-        metrics = [self.lesion_mass[f"{stage}_{name}"] for name in self.attention_names]
-        if not metrics or int(metrics[0].count) == 0:
-            return
-        values = [m.compute() for m in metrics]
-        for name, value in zip(self.attention_names, values):
-            self.log(f"{stage}/lesion_mass_{name}", value)
-        self.log(f"{stage}/lesion_mass", torch.stack(values).mean(), prog_bar=stage == "val")
-        for m in metrics:
-            m.reset()
-        if stage == "test" and int(self.gradcam_mass.count) > 0:
-            self.log("test/gradcam_lesion_mass", self.gradcam_mass.compute())
-            self.gradcam_mass.reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_lesion_mass("train")
-
-    def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
-        if self.trainer.sanity_checking:
-            for name in self.attention_names:
-                self.lesion_mass[f"val_{name}"].reset()
-            return
-        self._log_lesion_mass("val")
-
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
-        self._log_lesion_mass("test")
+        if int(self.gradcam_mass.count) > 0:
+            self.log("test/gradcam_lesion_mass", self.gradcam_mass.compute())
+            self.gradcam_mass.reset()
 
 
 class AttnVGGModule(AttentionClassifier):

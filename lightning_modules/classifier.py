@@ -13,7 +13,7 @@ Batches are dicts from :class:`datamodules.dataset.LesionDataset`: ``image``, ``
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
@@ -29,6 +29,7 @@ from torchmetrics.classification import (
     MulticlassROC,
 )
 
+from lightning_modules.attention import LesionMass
 from lightning_modules.losses import classification_loss
 from lightning_modules.schedules import WarmupCosine
 
@@ -36,6 +37,10 @@ STAGES = ("train", "val", "test")
 
 
 class LesionClassifier(L.LightningModule):
+    #: Names of the attention maps the model exposes (``attention_maps``); on data with lesion
+    #: masks each one's lesion mass is logged as ``<stage>/lesion_mass_<name>`` (mean: ``lesion_mass``).
+    attention_names: Sequence[str] = ()
+
     def __init__(
         self,
         num_classes: int,
@@ -91,6 +96,9 @@ class LesionClassifier(L.LightningModule):
         self.test_details = self.val_details.clone()
         self.test_details.add_metrics({"roc": MulticlassROC(num_classes)})
         self.epoch_report: dict[str, dict[str, Any]] = {}
+        self.lesion_mass = nn.ModuleDict(
+            {f"{stage}_{name}": LesionMass() for stage in STAGES for name in self.attention_names}
+        )
 
     # -- the network ---------------------------------------------------------------------------
     def build_net(self) -> nn.Module:
@@ -100,15 +108,18 @@ class LesionClassifier(L.LightningModule):
         return self.net(image, meta)
 
     # -- steps ---------------------------------------------------------------------------------
-    def compute_loss(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """``(logits, loss, terms)`` for a batch. Subclasses whose loss has more than the
+    def compute_loss(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor, dict, Optional[dict]]:
+        """``(logits, loss, terms, maps)`` for a batch. Subclasses whose loss has more than the
         classification term (attention regularisers, ProtoPNet costs) override this and return
-        each term in ``terms``; they are logged as ``<stage>/<name>``."""
+        each term in ``terms`` (logged as ``<stage>/<name>``), and models with attention return
+        their maps (or ``None``) so their lesion mass is scored on data with masks."""
         logits = self(batch["image"], batch["meta"])
-        return logits, self.criterion(logits, batch["label"]), {}
+        return logits, self.criterion(logits, batch["label"]), {}, None
 
     def _step(self, batch: dict, stage: str) -> dict:
-        logits, loss, terms = self.compute_loss(batch, stage)
+        logits, loss, terms, maps = self.compute_loss(batch, stage)
+        if maps is not None:
+            self.update_lesion_mass(stage, maps, batch)
         probs = logits.detach().float().softmax(dim=1)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(probs, batch["label"])
@@ -141,11 +152,33 @@ class LesionClassifier(L.LightningModule):
         return {"probs": probs, "index": batch["index"]}
 
     # -- epoch-end details: per-class AUROC, confusion matrix, ROC curves ------------------------
+    def on_train_epoch_end(self) -> None:
+        self.log_lesion_mass("train")
+
     def on_validation_epoch_end(self) -> None:
         self._report("val")
+        self.log_lesion_mass("val")
 
     def on_test_epoch_end(self) -> None:
         self._report("test")
+        self.log_lesion_mass("test")
+
+    # -- does the attention sit on the lesion? ------------------------------------------------------
+    def update_lesion_mass(self, stage: str, maps: dict[str, torch.Tensor], batch: dict) -> None:
+        if "mask" in batch and not self.trainer.sanity_checking:
+            for name, attention in maps.items():
+                self.lesion_mass[f"{stage}_{name}"].update(attention.detach(), batch["mask"])
+
+    def log_lesion_mass(self, stage: str) -> None:
+        metrics = [self.lesion_mass[f"{stage}_{name}"] for name in self.attention_names]
+        if not metrics or int(metrics[0].count) == 0:
+            return
+        values = [metric.compute() for metric in metrics]
+        for name, value in zip(self.attention_names, values):
+            self.log(f"{stage}/lesion_mass_{name}", value)
+        self.log(f"{stage}/lesion_mass", torch.stack(values).mean(), prog_bar=stage == "val")
+        for metric in metrics:
+            metric.reset()
 
     def _report(self, stage: str) -> None:
         details = getattr(self, f"{stage}_details")

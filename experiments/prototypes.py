@@ -1,0 +1,148 @@
+"""Explain and probe a trained ProtoPNet from its checkpoint.
+
+    python -m experiments.prototypes explain --ckpt CKPT --image IMG [--top-k 3] [--out FIG.png]
+        "this looks like that": the most activated prototypes for one image
+    python -m experiments.prototypes nearest --ckpt CKPT [--k 5] [--out FIG.png]
+        global analysis: each prototype's k nearest training patches
+    python -m experiments.prototypes attack --ckpt CKPT --image IMG --prototype J \
+        --region Y0 Y1 X0 X1 [--mode raise|lower] [--epsilon 0.03] [--steps 40] [--out FIG.png]
+        "this does not look like that": PGD inside the region (pixels of the resized image) to
+        make prototype J fire there (raise) or stop firing (lower)
+
+Figures go next to the checkpoint's run folder unless ``--out`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from datamodules.dataset import load_rgb  # noqa: E402
+from datamodules.transforms import build_transforms  # noqa: E402
+from experiments.predict import build_datamodule, build_module, load_checkpoint  # noqa: E402
+from lightning_modules.analysis.attack import prototype_attack  # noqa: E402
+from lightning_modules.analysis.prototype_analysis import (  # noqa: E402
+    attack_figure,
+    local_analysis,
+    nearest_patches,
+    push_record,
+    region_mask,
+)
+from lightning_modules.callbacks.attention_maps import denormalise  # noqa: E402
+
+
+def load(ckpt: str):
+    checkpoint = load_checkpoint(ckpt)
+    module = build_module(checkpoint)
+    datamodule = build_datamodule(checkpoint, None, None, "train", num_workers=0)
+    return checkpoint, module, datamodule
+
+
+def prepare(datamodule, image_path: str) -> tuple[torch.Tensor, np.ndarray]:
+    """The image as the network sees it (1, 3, S, S) and as a picture (S, S, 3)."""
+    hp = datamodule.hparams
+    transform = build_transforms(False, hp.image_size, hp.augment, hp.normalize_mean, hp.normalize_std)
+    tensor = transform(image=load_rgb(Path(image_path)))["image"][None]
+    return tensor, denormalise(tensor, hp.normalize_mean, hp.normalize_std)[0]
+
+
+def default_out(ckpt: str, name: str) -> Path:
+    return Path(ckpt).resolve().parent.parent / "analysis" / name
+
+
+def explain(ckpt: str, image: str, top_k: int = 3, out: str | None = None) -> list[dict]:
+    checkpoint, module, datamodule = load(ckpt)
+    tensor, picture = prepare(datamodule, image)
+    rows, figure = local_analysis(module.net, tensor, picture, push_record(checkpoint), module.class_names, top_k)
+    path = Path(out) if out else default_out(ckpt, f"explain_{Path(image).stem}.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(figure).save(path)
+    return rows
+
+
+def nearest(ckpt: str, k: int = 5, out: str | None = None) -> dict:
+    _, module, datamodule = load(ckpt)
+    found = nearest_patches(module.net, datamodule.eval_dataloader("train"), k)
+    records = datamodule.records("train")
+    table = {
+        j: [{"image_id": records[int(i)].image_id, "class": module.class_names[records[int(i)].label],
+             "distance": float(d), "cell": [int(h), int(w)]}
+            for d, i, h, w in zip(found["distance"][j], found["image_index"][j], found["h"][j], found["w"][j])]
+        for j in range(found["distance"].shape[0])
+    }  # fmt: skip
+    path = Path(out) if out else default_out(ckpt, "nearest_patches.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(table, indent=1))
+    return table
+
+
+def attack(ckpt: str, image: str, prototype: int, region: tuple[int, int, int, int], mode: str = "raise",
+           epsilon: float = 8 / 255, steps: int = 40, out: str | None = None):
+    _, module, datamodule = load(ckpt)
+    tensor, picture = prepare(datamodule, image)
+    hp = datamodule.hparams
+    # "raise": make the prototype fire at the cell under the region's centre; "lower": where it
+    # fires most on the clean image.
+    target = region_cell(module.net, tensor, region) if mode == "raise" else None
+    result = prototype_attack(module.net, tensor, prototype, region_mask(tensor.shape[-2:], region), target,
+                              mode=mode, epsilon=epsilon, steps=steps, mean=hp.normalize_mean, std=hp.normalize_std)
+    attacked = denormalise(result.image, hp.normalize_mean, hp.normalize_std)[0]
+    path = Path(out) if out else default_out(ckpt, f"attack_{Path(image).stem}_p{prototype}_{mode}.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(attack_figure(picture, attacked, result, region)).save(path)
+    return result
+
+
+@torch.no_grad()
+def region_cell(net, image: torch.Tensor, region: tuple[int, int, int, int]) -> tuple[int, int]:
+    """The latent cell under the centre of a pixel box ``(y0, y1, x0, x1)``."""
+    h, w = net.latent(image).shape[-2:]
+    height, width = image.shape[-2:]
+    y0, y1, x0, x1 = region
+    return min(h - 1, int((y0 + y1) / 2 * h / height)), min(w - 1, int((x0 + x1) / 2 * w / width))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("explain")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--out")
+    p = sub.add_parser("nearest")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--out")
+    p = sub.add_parser("attack")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--prototype", type=int, required=True)
+    p.add_argument("--region", type=int, nargs=4, required=True, metavar=("Y0", "Y1", "X0", "X1"))
+    p.add_argument("--mode", choices=["raise", "lower"], default="raise")
+    p.add_argument("--epsilon", type=float, default=8 / 255, help="L-inf budget in [0, 1] pixel units")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--out")
+    args = parser.parse_args(argv)
+    if args.command == "explain":
+        for row in explain(args.ckpt, args.image, args.top_k, args.out):
+            print(json.dumps(row))
+    elif args.command == "nearest":
+        print(json.dumps(nearest(args.ckpt, args.k, args.out))[:2000])
+    else:
+        r = attack(args.ckpt, args.image, args.prototype, tuple(args.region), args.mode, args.epsilon, args.steps,
+                   args.out)  # fmt: skip
+        print(f"similarity {r.similarity_before:.3f} -> {r.similarity_after:.3f} at cell {r.cell_after}; "
+              f"L-inf {r.linf:.4f}, L2 {r.l2:.4f}")
+
+
+if __name__ == "__main__":
+    main()
