@@ -52,8 +52,9 @@ test: $(STAMP) ## fast test suite
 test-slow: $(STAMP) ## slow integration tests (DDP on CPU, multi-epoch runs)
 	$(PY) -m pytest -q -m slow $(ARGS)
 
-bench: $(STAMP) ## training and data-loading images/s of the default experiment
+bench: $(STAMP) ## training and data-loading images/s of EXP, and the ProtoPNet push search
 	$(PY) -m experiments.bench --config experiments/$(EXP).yaml $(ARGS)
+	$(PY) -m experiments.bench_push
 
 clean: ## remove caches (keeps runs/, the synthetic data cache and .venv)
 	rm -rf wandb lightning_logs .pytest_cache
