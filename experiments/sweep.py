@@ -1,7 +1,11 @@
-"""Run one experiment over values of one config key and several seeds; tabulate test metrics.
+"""Run one experiment over values of one config key (or named sets of overrides) and several
+seeds; tabulate test metrics.
 
     python -m experiments.sweep --config experiments/metablock.yaml \
         --key model.init_args.fusion --values none concat metablock --seeds 1 2 3
+    python -m experiments.sweep --config experiments/abe.yaml --metrics recall@1 auroc \
+        --variants "mheads=--model.init_args.ensemble=heads --model.init_args.lambda_div=0" \
+                   "abe-nodiv=--model.init_args.lambda_div=0" "abe=--model.init_args.lambda_div=1"
 
 Every run is a normal training run (its own folder under ``runs/<name>-sweep/``); the summary
 (mean and standard deviation over seeds) is printed as a Markdown table and written to
@@ -27,12 +31,12 @@ from lightning_modules.atomic_io import atomic_write, write_json
 METRICS = ("auroc", "bacc", "acc")
 
 
-def run_one(config: str, key: str, value: str, seed: int, name: str, extra: list[str]) -> dict:
+def run_one(config: str, overrides: list[str], value: str, seed: int, name: str, extra: list[str]) -> dict:
     run_dir = Path("runs") / f"{name}-sweep" / f"{value}-s{seed}"
     if (run_dir / "metrics.json").is_file():  # finished earlier: a sweep resumes where it stopped
         return json.loads((run_dir / "metrics.json").read_text())
     shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted attempt starts over
-    args = [sys.executable, "-m", "experiments.train", "--config", config, f"--{key}={value}",
+    args = [sys.executable, "-m", "experiments.train", "--config", config, *overrides,
             f"--seed_everything={seed}", f"--run.dir={run_dir}", "--trainer.enable_progress_bar=false",
             *extra]  # fmt: skip
     start = time.perf_counter()
@@ -46,31 +50,41 @@ def run_one(config: str, key: str, value: str, seed: int, name: str, extra: list
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
-    parser.add_argument("--key", required=True, help="config key to vary, e.g. model.init_args.fusion")
-    parser.add_argument("--values", nargs="+", required=True)
+    parser.add_argument("--key", help="config key to vary, e.g. model.init_args.fusion")
+    parser.add_argument("--values", nargs="+", default=[])
+    parser.add_argument("--variants", nargs="+", default=[], help='named override sets: "name=--a=1 --b=2"')
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--metrics", nargs="+", default=list(METRICS), help="test metrics to tabulate")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="further --key=value overrides for every run")
     args = parser.parse_args(argv)
     args.extra = [a for a in args.extra if a != "--"]
     name = yaml.safe_load(Path(args.config).read_text()).get("run", {}).get("name", Path(args.config).stem)
-    results = {v: [run_one(args.config, args.key, v, s, name, args.extra) for s in args.seeds] for v in args.values}
+    variants = {v: [f"--{args.key}={v}"] for v in args.values} if args.key else {}
+    for item in args.variants:
+        label, _, overrides = item.partition("=")
+        variants[label] = overrides.split()
+    if not variants:
+        parser.error("give --key with --values, or --variants")
+    results = {v: [run_one(args.config, o, v, s, name, args.extra) for s in args.seeds] for v, o in variants.items()}
 
-    lines = [f"| {args.key.split('.')[-1]} | " + " | ".join(f"test {m}" for m in METRICS) + " |",
-             "|---" * (len(METRICS) + 1) + "|"]
+    header = args.key.split(".")[-1] if args.key else "variant"
+    lines = [f"| {header} | " + " | ".join(f"test {m}" for m in args.metrics) + " | parameters |",
+             "|---" * (len(args.metrics) + 2) + "|"]
     summary = {}
     for value, runs in results.items():
         cells, summary[value] = [], {}
-        for metric in METRICS:
+        for metric in args.metrics:
             scores = np.array([r["test"][metric] for r in runs])
             summary[value][metric] = {"mean": float(scores.mean()), "std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
                                       "runs": scores.tolist()}
             cells.append(f"{scores.mean():.3f} ± {summary[value][metric]['std']:.3f}")
-        lines.append(f"| {value} | " + " | ".join(cells) + " |")
+        params = next((r["parameters"] for r in runs if r.get("parameters")), None)
+        lines.append(f"| {value} | " + " | ".join(cells) + (f" | {params / 1e6:.2f} M |" if params else " | - |"))
     table = "\n".join(lines)
     footer = f"\n\nmean ± sample std over seeds {args.seeds}; `python -m experiments.sweep {' '.join(argv or sys.argv[1:])}`\n"
     out = Path("runs") / f"{name}-sweep"
     atomic_write(out / "summary.md", lambda f: f.write(table + footer))
-    write_json(out / "summary.json", {"key": args.key, "seeds": args.seeds, "results": summary})
+    write_json(out / "summary.json", {"variants": variants, "seeds": args.seeds, "results": summary})
     print(table + footer)
     return table
 

@@ -35,3 +35,13 @@ def synthetic_dir(synthetic_cache) -> Path:
     from datamodules import synthetic
 
     return synthetic.dataset_dir(synthetic.SyntheticConfig(**SMALL_SYNTHETIC), synthetic_cache)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For tests of tiny tensors: intra-op threads gain nothing there, and next to another job on
+    the same cores they oversubscribe the CPU and run ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

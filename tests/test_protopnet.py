@@ -20,14 +20,7 @@ from lightning_modules.losses import (
 from lightning_modules.nets.protopnet import ProtoPNet, ProtoPNetOutput
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and next to another job (a training run
-    on the same cores) they oversubscribe the CPU and run ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

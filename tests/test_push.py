@@ -13,14 +13,7 @@ from lightning_modules.nets.protopnet import ProtoPNet
 N_IMAGES, BATCH, SIZE = 16, 4, 64  # test_resnet at 64 px: 2x2 feature maps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and next to another job (a training run
-    on the same cores) they oversubscribe the CPU and run ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

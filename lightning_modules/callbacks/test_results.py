@@ -100,6 +100,7 @@ class TestResultsWriter(L.Callback):
         metrics = {
             **self.extra,
             "class_names": list(pl_module.class_names),
+            "parameters": int(sum(p.numel() for p in pl_module.parameters())),
             "test": {**test, "n_images": int(len(index))},
             "checkpoint": {
                 "tested": str(getattr(trainer, "ckpt_path", None) or ""),
