@@ -115,3 +115,30 @@ def test_class_agnostic_protopnet_trains_and_pushes(tmp_path, synthetic_cache):
     record = json.loads(next((run_dir / "prototypes").glob("*/prototypes.json")).read_text())["prototypes"]
     assert len(record) == 12 and all("image_id" in e for e in record)
     assert np.isfinite(json.loads((run_dir / "metrics.json").read_text())["test"]["auroc"])
+
+
+@pytest.mark.slow
+def test_push_under_ddp_on_two_cpu_processes(tmp_path, synthetic_cache):
+    """The push's running minima are reduced across processes: every prototype gets one source
+    patch, the same on both ranks (the checkpoint written by rank 0 holds the global result)."""
+    import subprocess
+    import sys
+
+    args = quick_args(REPO / "experiments" / "protopnet.yaml", tmp_path, synthetic_cache,
+                      "--trainer.accelerator=cpu", "--trainer.strategy=ddp_find_unused_parameters_true",
+                      "--trainer.devices=2", "--trainer.max_epochs=2", "--trainer.callbacks.init_args.push_start=2",
+                      "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+                      "--model.init_args.prototypes_per_class=2", "--run.wandb=false")  # fmt: skip
+    subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=REPO, check=True, timeout=900)
+    (run_dir,) = list((tmp_path / "protopnet").iterdir())
+    record = json.loads((run_dir / "prototypes" / "epoch001" / "prototypes.json").read_text())["prototypes"]
+    assert len(record) == 12 and all(e["image_class"] == e["class"] for e in record)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    from experiments.predict import build_datamodule, build_module
+
+    module = build_module(ckpt)
+    dataset = build_datamodule(ckpt, None, None, "train", num_workers=0).eval_dataloader("train").dataset
+    with torch.no_grad():  # the pushed prototypes are the recorded patches, whichever rank saw them
+        for entry in record:
+            distances = module.net(dataset[entry["image_index"]]["image"][None]).distances[0, entry["prototype"]]
+            assert distances[tuple(entry["cell"])].item() == pytest.approx(0.0, abs=1e-4)

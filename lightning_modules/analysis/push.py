@@ -73,6 +73,7 @@ class PushSearch:
             raise ValueError(f"prototype_class_identity must be (m, K), got {tuple(identity.shape)}")
         self.prototype_class_identity = identity
         self.class_specific = bool(class_specific)
+        self._per_class = self._prototypes_per_class()
         m = identity.shape[0]
         self.distance = torch.full((m,), float("inf"))
         self.image_index = torch.full((m,), -1, dtype=torch.long)
@@ -95,6 +96,8 @@ class PushSearch:
         that saw no batch, since NCCL gathers CUDA tensors only)."""
         for name in ("prototype_class_identity", "distance", "image_index", "h", "w", "latent"):
             setattr(self, name, getattr(self, name).to(device))
+        if self._per_class is not None:
+            self._per_class = self._per_class.to(device)
         return self
 
     def _ensure_dim(self, dim: int) -> None:
@@ -123,7 +126,63 @@ class PushSearch:
         self._ensure_dim(features.shape[1])
         labels = labels.to(device).long().reshape(batch)
         image_indices = image_indices.to(device).long().reshape(batch)
+        per_class = self._per_class
+        if self.class_specific and per_class is not None:
+            best, b, cell = self._class_specific_candidates(distances, labels, image_indices, per_class)
+        else:
+            best, b, cell = self._all_candidates(distances, labels, image_indices)
+        h, w = cell // width, cell % width
+        images = image_indices[b]
 
+        improved = torch.isfinite(best) & _precedes(
+            best, images, h, w, self.distance, self.image_index, self.h, self.w
+        )
+        latent = features.detach().float()[b, :, h, w]  # (m, D)
+        self.distance = torch.where(improved, best, self.distance)
+        self.image_index = torch.where(improved, images, self.image_index)
+        self.h = torch.where(improved, h, self.h)
+        self.w = torch.where(improved, w, self.w)
+        self.latent = torch.where(improved[:, None], latent, self.latent)
+
+    def _prototypes_per_class(self) -> Optional[torch.Tensor]:
+        """(K, P) prototype ids of each class when every prototype has one class and every class
+        the same number of prototypes (ProtoPNet's layout); ``None`` otherwise."""
+        identity = self.prototype_class_identity > 0
+        if not bool((identity.sum(dim=1) == 1).all()):
+            return None
+        counts = identity.sum(dim=0)
+        if not bool((counts == counts[0]).all()) or int(counts[0]) == 0:
+            return None
+        return identity.t().nonzero()[:, 1].view(identity.shape[1], int(counts[0]))
+
+    def _class_specific_candidates(self, distances, labels, image_indices, per_class):
+        """Best candidate of this batch per prototype, looking only at each image's own class's
+        prototypes: (B, P, H*W) instead of (B, m, H*W), the saving that matters with many classes.
+        Returns ``(distance (m,) [+inf: no eligible image], batch position (m,), cell (m,))``."""
+        batch, m = distances.shape[:2]
+        flat = distances.detach().flatten(2)
+        protos = per_class[labels]  # (B, P)
+        chosen = flat.gather(1, protos[:, :, None].expand(-1, -1, flat.shape[2])).float()
+        values, cells = chosen.min(dim=2)  # (B, P): first minimal cell on ties
+        proto, values, cells = protos.flatten(), values.flatten(), cells.flatten()
+        positions = torch.arange(batch, device=distances.device).repeat_interleave(protos.shape[1])
+        best = torch.full((m,), float("inf"), device=distances.device).scatter_reduce(
+            0, proto, values, reduce="amin", include_self=True
+        )
+        # Among the images holding the minimum, the smallest dataset index (see _all_candidates).
+        at_best = values == best[proto]
+        key = torch.where(at_best, image_indices[positions], _NO_KEY)
+        smallest = torch.full((m,), _NO_KEY, device=distances.device).scatter_reduce(
+            0, proto, key, reduce="amin", include_self=True
+        )
+        winner = at_best & (key == smallest[proto])
+        entry = torch.zeros(m, dtype=torch.long, device=distances.device)
+        entry[proto[winner]] = torch.nonzero(winner).flatten()
+        return best, positions[entry], cells[entry]
+
+    def _all_candidates(self, distances, labels, image_indices):
+        """Best candidate per prototype over every (image, prototype) pair of the batch."""
+        m = distances.shape[1]
         # Per image and prototype, the closest cell: one pass over (B, m, H*W). ``min(dim)``
         # returns the first minimal index, i.e. the smallest cell (row-major) on ties.
         per_image, cell = distances.detach().float().flatten(2).min(dim=2)  # (B, m)
@@ -135,20 +194,7 @@ class PushSearch:
         # not depend on the order of the images in the batch or of the batches.
         candidates = torch.where(per_image == best, image_indices[:, None], _NO_KEY)
         b = candidates.argmin(dim=0)  # (m,) batch position
-        prototypes = torch.arange(m, device=device)
-        cell = cell[b, prototypes]
-        h, w = cell // width, cell % width
-        images = image_indices[b]
-
-        improved = torch.isfinite(best) & _precedes(
-            best, images, h, w, self.distance, self.image_index, self.h, self.w
-        )
-        latent = features.detach().float().permute(0, 2, 3, 1)[b, h, w]  # (m, D)
-        self.distance = torch.where(improved, best, self.distance)
-        self.image_index = torch.where(improved, images, self.image_index)
-        self.h = torch.where(improved, h, self.h)
-        self.w = torch.where(improved, w, self.w)
-        self.latent = torch.where(improved[:, None], latent, self.latent)
+        return best, b, cell[b, torch.arange(m, device=distances.device)]
 
     @torch.no_grad()
     def merge(self, other: Union["PushSearch", dict]) -> None:
@@ -247,6 +293,7 @@ class PushSearch:
             )
         device = self.distance.device
         self.prototype_class_identity = identity.to(device)
+        self._per_class = self._prototypes_per_class()
         self.class_specific = bool(state["class_specific"])
         self.distance = state["distance"].float().to(device)
         self.image_index = state["image_index"].long().to(device)
