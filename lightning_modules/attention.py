@@ -39,13 +39,17 @@ def normalise(maps: torch.Tensor) -> torch.Tensor:
 def lesion_mass(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Share of each map's attention mass that falls inside the lesion (energy-based pointing
     game): ``sum(a * mask) / sum(a)`` per image, after resizing the map to the mask. 1 means all
-    attention on the lesion; a uniform map scores the lesion's share of the image."""
+    attention on the lesion; a uniform map scores the lesion's share of the image, and so does a
+    map with no mass at all (e.g. a Grad-CAM whose every cell the ReLU zeroed): it points nowhere,
+    which is no better than everywhere, rather than a score of 0."""
     if maps.shape[-2:] != masks.shape[-2:]:
         maps = upsample(maps, masks.shape[-2:])
     maps = maps.clamp_min(0).float()
+    lesion = (masks > 0.5).float()
     total = maps.flatten(1).sum(1)
-    inside = (maps * (masks > 0.5)).flatten(1).sum(1)
-    return inside / total.clamp_min(1e-12)
+    inside = (maps * lesion).flatten(1).sum(1)
+    empty = total <= 1e-12
+    return torch.where(empty, lesion.flatten(1).mean(1), inside / total.clamp_min(1e-12))
 
 
 class LesionMass(Metric):

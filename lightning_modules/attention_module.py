@@ -3,7 +3,8 @@
 Both expose ``attention_maps`` (the protocol in :mod:`lightning_modules.attention`), so the
 attention-map callback draws them, and on data with lesion masks (``--data.load_masks=true``)
 they log how much of each map's mass falls on the lesion (``<stage>/lesion_mass[_<map>]``), and
-at test time the same score for Grad-CAM on the same images (``test/gradcam_lesion_mass``).
+at test time the same score for Grad-CAM on the same images and the same grid as the finest
+attention map (``test/gradcam_lesion_mass``).
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class AttentionClassifier(LesionClassifier):
                 rank_zero_warn("Grad-CAM needs gradients: set trainer.inference_mode=false to score it")
                 self._warned_inference = True
             return
-        cams = grad_cam(self.forward, self.net.backbone, batch["image"], batch["meta"])
+        stage = self.net.attention_stage  # Grad-CAM on the grid the attention looks at: same resolution
+        cams = grad_cam(self.forward, self.net.backbone, batch["image"], batch["meta"], select=lambda out: out[stage])
         self.gradcam_mass.update(cams, batch["mask"])
 
     def on_test_epoch_end(self) -> None:

@@ -154,3 +154,9 @@ def test_modules_expose_attention():
         SoftAttentionModule(backbone="resnet10t", num_classes=3, meta_dim=0, query="metadata")
     learned = SoftAttentionModule(backbone="resnet10t", num_classes=3, meta_dim=0)
     assert learned.net.query_kind == "learned"
+
+
+def test_an_empty_map_scores_like_a_uniform_one():
+    mask = torch.zeros(2, 4, 4)
+    mask[:, :2, :2] = 1
+    assert torch.allclose(lesion_mass(torch.zeros(2, 4, 4), mask), torch.full((2,), 0.25))

@@ -74,6 +74,7 @@ class AttnVGG(nn.Module):
         if missing:
             raise ValueError(f"{backbone} has no feature stage at reduction(s) {missing}; it has {reductions}")
         self.local_stages = [reductions.index(r) for r in wanted]
+        self.attention_stage = self.local_stages[0]  # the finest attended stage (for Grad-CAM)
         global_channels = channels[-1]
         self.attention = nn.ModuleList(
             AttentionBlock(channels[i], global_channels, attention_channels, normalize_attn)

@@ -119,6 +119,7 @@ class SoftAttentionClassifier(nn.Module):
             raise ValueError(f"query must be 'metadata', 'learned' or 'auto', got {query!r}")
         self.query_kind = query
         self.backbone = create_backbone(backbone, pretrained, weights_path, out_indices=(feature_stage,))
+        self.attention_stage = -1  # the backbone returns only the attended stage
         channels = feature_channels(self.backbone)[-1]
         if query == "metadata":
             self.query = nn.Sequential(nn.Linear(meta_dim, query_dim), nn.ReLU(inplace=True),
