@@ -73,6 +73,9 @@ def predict(ckpt: str, dataset: Optional[str] = None, data_dir: Optional[str] = 
     trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
                         enable_model_summary=False)
     outputs = trainer.predict(module, datamodule=datamodule)
+    if "probs" not in outputs[0]:
+        raise ValueError(f"{type(module).__name__} embeds images rather than classifying them: "
+                         "use `python -m experiments.retrieve` for nearest training lesions")
     index = torch.cat([o["index"] for o in outputs]).numpy()
     probs = torch.cat([o["probs"] for o in outputs]).numpy()
     records = datamodule.records(split)
