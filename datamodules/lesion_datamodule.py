@@ -192,10 +192,15 @@ class LesionDataModule(L.LightningDataModule):
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Any split with the evaluation transform (e.g. the training images as a retrieval bank)."""
+        return self.records_dataloader(self.records(split), self.encoder, self.hparams.dataset)
+
+    def records_dataloader(self, records: list[LesionRecord], encoder: MetadataEncoder, dataset: str) -> DataLoader:
+        """Any records (a split, an unlabeled test set, a folder of new images) with this data's
+        evaluation transform and the given (trained) metadata encoder."""
         hp = self.hparams
         transform = build_transforms(False, hp.image_size, hp.augment, hp.normalize_mean, hp.normalize_std)
-        dataset = LesionDataset(self.records(split), self.encoder, transform, hp.dataset, False, hp.image_size)
-        return DataLoader(dataset, batch_size=hp.eval_batch_size or hp.batch_size, num_workers=hp.num_workers)
+        data = LesionDataset(records, encoder, transform, dataset, False, hp.image_size)
+        return DataLoader(data, batch_size=hp.eval_batch_size or hp.batch_size, num_workers=hp.num_workers)
 
     def group_ids(self, split: str) -> torch.Tensor:
         """An integer per record of ``split`` naming its patient/lesion group (for retrieval)."""

@@ -15,6 +15,11 @@ from typing import Mapping, Optional, Union
 MetaValue = Union[str, float, None]
 
 
+#: ``LesionRecord.label`` of an image whose diagnosis is not given (challenge test sets, a folder of
+#: new images): such records are only ever predicted, never trained or scored on.
+UNLABELED = -1
+
+
 class DatasetError(ValueError):
     """Bad input: the message names the dataset, the file and, where there is one, the row/column."""
 
@@ -23,13 +28,15 @@ class DatasetError(ValueError):
 class LesionRecord:
     image_id: str
     image_path: Path
+    #: Class index into ``LesionTable.class_names``, or :data:`UNLABELED`.
     label: int
     #: Patient id, or lesion id where the dataset has no patient id; splits never cut a group.
     group: str
     #: Raw metadata, keyed by the dataset's own column names (missing values are ``None``).
     meta: Mapping[str, MetaValue]
-    #: Line number in the source CSV (header = line 1), for error messages.
-    line: int
+    #: Line number in the source CSV (header = line 1), for error messages; ``None`` for images
+    #: found in a folder rather than listed in a CSV.
+    line: Optional[int]
     #: Binary lesion mask (synthetic data has one per image), used to score attention maps.
     mask_path: Optional[Path] = None
 

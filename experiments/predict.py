@@ -1,7 +1,13 @@
 """Per-image class probabilities from a checkpoint, as a CSV.
 
     python -m experiments.predict --ckpt runs/metablock/<run>/checkpoints/best-epoch011.ckpt \
-        [--dataset pad_ufes20 --data-dir /data/pad] [--split all|train|val|test] [--out file.csv]
+        [--dataset pad_ufes20 --data-dir /data/pad] [--split all|train|val|test|unlabeled] [--out file.csv]
+    python -m experiments.predict --ckpt ... --images /folder/of/new/pictures
+
+``--split unlabeled`` reads the challenge test set the dataset ships without labels (ISIC 2019:
+``ISIC_2019_Test_Metadata.csv`` + ``ISIC_2019_Test_Input/``; ISIC 2020: ``test.csv`` +
+``jpeg/test/``). ``--images`` takes every picture under a folder; such images have no metadata,
+so a fusion model sees them with every field missing (a warning says so).
 
 The checkpoint is loaded with ``torch.load(weights_only=True)``: it holds tensors and plain
 values only (no pickled classes). It carries everything needed to predict: the module class
@@ -24,6 +30,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from datamodules.lesion_datamodule import LesionDataModule  # noqa: E402
+from datamodules.metadata import MetadataEncoder  # noqa: E402
+from datamodules.records import UNLABELED, DatasetError, LesionTable  # noqa: E402
+from datamodules.sources import read_unlabeled  # noqa: E402
+from datamodules.sources.reading import image_folder_table  # noqa: E402
 from lightning_modules.callbacks.test_results import write_predictions  # noqa: E402
 
 
@@ -48,7 +58,10 @@ def build_module(checkpoint: dict) -> L.LightningModule:
 
 
 def build_datamodule(checkpoint: dict, dataset: Optional[str], data_dir: Optional[str], split: str,
-                     batch_size: Optional[int] = None, num_workers: Optional[int] = None) -> LesionDataModule:
+                     batch_size: Optional[int] = None, num_workers: Optional[int] = None,
+                     load_state: bool = True) -> LesionDataModule:
+    """The training datamodule's settings on (optionally) other data; ``load_state`` installs the
+    training encoder (which reads the dataset's table to check its classes and columns)."""
     hparams = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
     if dataset is not None and dataset != hparams["dataset"]:
         hparams["dataset"], hparams["source_options"] = dataset, None
@@ -60,30 +73,57 @@ def build_datamodule(checkpoint: dict, dataset: Optional[str], data_dir: Optiona
     if num_workers is not None:
         hparams["num_workers"] = num_workers
     datamodule = LesionDataModule(**hparams)
-    datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])  # the training encoder
+    if load_state:
+        datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])  # the training encoder
     return datamodule
+
+
+def unlabeled_table(checkpoint: dict, dataset: Optional[str], data_dir: Optional[str],
+                    images: Optional[str]) -> tuple[LesionTable, MetadataEncoder]:
+    """The records to predict without labels, and the training encoder that reads their metadata."""
+    encoder = MetadataEncoder.from_state_dict(checkpoint[LesionDataModule.__qualname__]["encoder"])
+    if images is not None:
+        table = image_folder_table(images)
+        if encoder.dim:
+            print(f"warning: {images} gives no metadata; the model's {encoder.dim} metadata features are "
+                  "all encoded as missing")
+        return table, encoder
+    trained = checkpoint["datamodule_hyper_parameters"]
+    table = read_unlabeled(dataset or trained["dataset"], data_dir or trained.get("data_dir"))
+    absent = [c for c in [*encoder.numeric, *encoder.categorical] if c not in table.numeric_columns + table.categorical_columns]
+    if absent:
+        raise DatasetError(f"{table.dataset}: the model uses metadata column(s) {absent}, which {table.csv_path} lacks")
+    return table, encoder
 
 
 def predict(ckpt: str, dataset: Optional[str] = None, data_dir: Optional[str] = None, split: str = "all",
             out: Optional[str] = None, batch_size: Optional[int] = None, num_workers: Optional[int] = None,
-            accelerator: str = "auto") -> Path:
+            accelerator: str = "auto", images: Optional[str] = None) -> Path:
     checkpoint = load_checkpoint(ckpt)
     module = build_module(checkpoint)
-    datamodule = build_datamodule(checkpoint, dataset, data_dir, split, batch_size, num_workers)
     trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
                         enable_model_summary=False)
-    outputs = trainer.predict(module, datamodule=datamodule)
+    if images is not None or split == "unlabeled":
+        table, encoder = unlabeled_table(checkpoint, dataset, data_dir, images)
+        # Only the evaluation transform's settings are taken from the training datamodule.
+        datamodule = build_datamodule(checkpoint, None, None, "all", batch_size, num_workers, load_state=False)
+        records, source = table.records, table.dataset
+        outputs = trainer.predict(module, dataloaders=datamodule.records_dataloader(records, encoder, source))
+    else:
+        datamodule = build_datamodule(checkpoint, dataset, data_dir, split, batch_size, num_workers)
+        records, source = datamodule.records(split), datamodule.hparams.dataset
+        outputs = trainer.predict(module, datamodule=datamodule)
     if "probs" not in outputs[0]:
         raise ValueError(f"{type(module).__name__} embeds images rather than classifying them: "
                          "use `python -m experiments.retrieve` for nearest training lesions")
     index = torch.cat([o["index"] for o in outputs]).numpy()
     probs = torch.cat([o["probs"] for o in outputs]).numpy()
-    records = datamodule.records(split)
     if out is None:
         run_dir = Path(ckpt).resolve().parent.parent
-        out = run_dir / f"predictions_{datamodule.hparams.dataset}_{split}.csv"
+        out = run_dir / ("predictions_images.csv" if images is not None else f"predictions_{source}_{split}.csv")
     labels = np.array([records[i].label for i in index])
-    path = write_predictions(out, [records[i].image_id for i in index], probs, module.class_names, labels)
+    path = write_predictions(out, [records[i].image_id for i in index], probs, module.class_names,
+                             None if (labels == UNLABELED).all() else labels)
     print(f"wrote {len(index)} predictions to {path}")
     return path
 
@@ -93,14 +133,17 @@ def main(argv=None) -> None:
     parser.add_argument("--ckpt", required=True, help="a checkpoint of a training run (best-*.ckpt or last.ckpt)")
     parser.add_argument("--dataset", default=None, help="default: the dataset the model was trained on")
     parser.add_argument("--data-dir", default=None, help="default: the training data folder")
-    parser.add_argument("--split", default="all", choices=["all", "train", "val", "test"])
-    parser.add_argument("--out", default=None, help="default: <run>/predictions_<dataset>_<split>.csv")
+    parser.add_argument("--split", default="all", choices=["all", "train", "val", "test", "unlabeled"],
+                        help="unlabeled: the challenge test set the dataset ships without labels")
+    parser.add_argument("--images", default=None, help="predict every image under this folder instead (no metadata)")
+    parser.add_argument("--out", default=None,
+                        help="default: <run>/predictions_<dataset>_<split>.csv (--images: predictions_images.csv)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--accelerator", default="auto")
     args = parser.parse_args(argv)
     predict(args.ckpt, args.dataset, args.data_dir, args.split, args.out, args.batch_size, args.num_workers,
-            args.accelerator)
+            args.accelerator, args.images)
 
 
 if __name__ == "__main__":

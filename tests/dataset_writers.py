@@ -240,6 +240,25 @@ def write_isic2019(root: Path, n: int = 10, n_without_lesion: int = 3, seed: int
     return FakeDataset(root, csv_path, truth, images, {"meta_path": meta_path, "meta_rows": meta})
 
 
+def write_isic2019_test(root: Path, n: int = 4, seed: int = 0) -> FakeDataset:
+    """The challenge test set: ``ISIC_2019_Test_Metadata.csv`` (no ``lesion_id``, some blanks)
+    and JPEGs in ``ISIC_2019_Test_Input/``; no ground truth."""
+    root = Path(root)
+    rng = np.random.default_rng([seed, 2019, 1])
+    rows, images = [], {}
+    for j in range(n):
+        name = f"ISIC_{60000 + j:07d}"
+        rows.append({
+            "image": name,
+            "age_approx": "" if j == 1 else f"{40 + 5 * j}.0",
+            "anatom_site_general": "" if j == 2 else ISIC2019_SITES[j % len(ISIC2019_SITES)],
+            "sex": ["female", "male", ""][j % 3],
+        })  # fmt: skip
+        images[name] = _save(random_image(rng, (32, 24)), root / "ISIC_2019_Test_Input" / f"{name}.jpg")
+    csv_path = write_csv(root / "ISIC_2019_Test_Metadata.csv", ["image", "age_approx", "anatom_site_general", "sex"], rows)
+    return FakeDataset(root, csv_path, rows, images)
+
+
 # --------------------------------------------------------------------------------------------
 # ISIC 2020
 # --------------------------------------------------------------------------------------------

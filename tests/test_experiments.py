@@ -131,6 +131,60 @@ def test_predict_reproduces_test_predictions(short_run, tmp_path):
                 assert float(fresh[image_id][key]) == pytest.approx(float(value), abs=1e-5)
 
 
+def test_predict_a_folder_of_new_images(short_run, tmp_path):
+    """``--images``: unlabeled pictures without metadata; each row's probabilities are the model's
+    on that file with every metadata field encoded as missing."""
+    import shutil
+
+    from datamodules.dataset import load_rgb
+    from datamodules.metadata import MetadataEncoder
+    from datamodules.synthetic import MASK_FOLDER
+    from datamodules.transforms import build_transforms
+    from experiments.predict import build_module, load_checkpoint, predict
+
+    logged = list(csv.DictReader(open(short_run / "predictions.csv")))[:3]
+    config = yaml.safe_load((short_run / "config.yaml").read_text())["data"]
+    source = Path(config["data_dir"])
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for k, row in enumerate(logged):
+        (path,) = [p for p in source.rglob(f"{row['image_id']}.png") if MASK_FOLDER not in p.parts]
+        shutil.copy(path, folder / f"visit{k}.png")
+    best = next((short_run / "checkpoints").glob("best-epoch*.ckpt"))
+    out = predict(str(best), images=str(folder), num_workers=0, accelerator="cpu")
+    assert out == short_run / "predictions_images.csv"
+    rows = list(csv.DictReader(open(out)))
+    assert [r["image_id"] for r in rows] == ["visit0", "visit1", "visit2"]
+    assert "label" not in rows[0]
+
+    checkpoint = load_checkpoint(best)
+    module = build_module(checkpoint)
+    encoder = MetadataEncoder.from_state_dict(checkpoint["LesionDataModule"]["encoder"])
+    hp = checkpoint["datamodule_hyper_parameters"]
+    transform = build_transforms(False, hp["image_size"], hp["augment"], hp["normalize_mean"], hp["normalize_std"])
+    images = torch.stack([transform(image=load_rgb(folder / f"visit{k}.png"))["image"] for k in range(3)])
+    meta = torch.from_numpy(np.stack([encoder.encode({})] * 3))
+    assert meta[:, encoder.feature_names.index("age=<missing>")].eq(1).all()
+    with torch.no_grad():
+        expected = module(images, meta).softmax(1).numpy()
+    names = module.class_names
+    got = np.array([[float(r[f"prob_{n}"]) for n in names] for r in rows])
+    assert np.allclose(got, expected, atol=1e-5)
+
+
+def test_predict_unlabeled_test_set_checks_the_models_columns(short_run, tmp_path):
+    from datamodules.records import DatasetError
+    from experiments.predict import predict
+    from tests.dataset_writers import write_isic2019_test
+
+    write_isic2019_test(tmp_path, n=2)
+    best = next((short_run / "checkpoints").glob("best-epoch*.ckpt"))
+    # A PAD-style model reads `age`, `region`, ...; the ISIC 2019 test metadata has other columns.
+    with pytest.raises(DatasetError, match=r"uses metadata column\(s\) \['age'.*ISIC_2019_Test_Metadata.csv lacks"):
+        predict(str(best), dataset="isic2019", data_dir=str(tmp_path), split="unlabeled", num_workers=0,
+                accelerator="cpu")
+
+
 def test_resume_continues_in_the_same_run_folder(tmp_path, synthetic_cache):
     config = REPO / "experiments" / "metablock.yaml"
     limits = ("--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--run.test=false",

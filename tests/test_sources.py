@@ -6,8 +6,9 @@ import pytest
 
 import dataset_writers as w
 from conftest import SMALL_SYNTHETIC
-from datamodules.records import DatasetError, LesionTable
-from datamodules.sources import DATASETS, READERS, read_table
+from datamodules.records import UNLABELED, DatasetError, LesionTable
+from datamodules.sources import DATASETS, READERS, read_table, read_unlabeled
+from datamodules.sources.reading import image_folder_table
 
 MISSING = {"", "UNK", "unknown"}
 
@@ -220,6 +221,66 @@ def test_isic2020_target_accepts_float_strings(tmp_path):
 
     w.edit_csv(ds.csv_path, to_float)
     assert [r.label for r in read_table("isic2020", tmp_path).records] == [0, 1, 0, 0, 0, 1]
+
+
+# --------------------------------------------------------------------------------------------
+# Unlabeled test sets and image folders (prediction only)
+# --------------------------------------------------------------------------------------------
+
+
+def test_isic2019_unlabeled_test_set(tmp_path):
+    ds = w.write_isic2019_test(tmp_path, n=4)
+    table = read_unlabeled("isic2019", tmp_path)
+    assert [r.image_id for r in table.records] == [row["image"] for row in ds.rows]
+    assert all(r.label == UNLABELED for r in table.records)
+    assert [r.image_path for r in table.records] == [ds.images[row["image"]] for row in ds.rows]
+    assert table.records[0].meta == {"age_approx": 40.0, "anatom_site_general": "anterior torso", "sex": "female"}
+    assert table.records[1].meta["age_approx"] is None and table.records[2].meta["anatom_site_general"] is None
+    assert table.records[2].meta["sex"] is None
+    assert len({r.group for r in table.records}) == 4  # no lesion ids: every image its own group
+
+
+def test_isic2020_unlabeled_test_set(tmp_path):
+    w.write_isic2020(tmp_path, n=4)  # also writes test.csv with one row and jpeg/test/ISIC_0052060.jpg
+    table = read_unlabeled("isic2020", tmp_path)
+    (record,) = table.records
+    assert record.image_id == "ISIC_0052060" and record.label == UNLABELED
+    assert record.image_path == tmp_path / "jpeg" / "test" / "ISIC_0052060.jpg"
+    assert record.meta == {"age_approx": 70.0, "anatom_site_general_challenge": None, "sex": "male"}
+
+
+def test_unlabeled_test_set_errors_name_the_file(tmp_path):
+    with pytest.raises(DatasetError, match="pad_ufes20 ships no unlabeled test set"):
+        read_unlabeled("pad_ufes20", tmp_path)
+    ds = w.write_isic2019_test(tmp_path, n=3)
+    ds.images[ds.rows[1]["image"]].unlink()
+    with pytest.raises(DatasetError, match=r"ISIC_0060001 \(line 3\)"):
+        read_unlabeled("isic2019", tmp_path)
+    w.set_cell(ds.csv_path, 2, "sex", "Male-ish")
+    with pytest.raises(DatasetError, match=r"ISIC_2019_Test_Metadata.csv line 2, column 'sex'"):
+        read_unlabeled("isic2019", tmp_path)
+
+
+def test_image_folder_table(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for name in ("b.png", "sub/a.jpg", "notes.txt"):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith(".txt"):
+            path.write_text("not an image")
+        else:
+            w.random_image(rng).save(path)
+    table = image_folder_table(tmp_path)
+    assert [r.image_id for r in table.records] == ["b", "a"]  # sorted paths: b.png < sub/a.jpg
+    assert all(r.label == UNLABELED and r.meta == {} and r.line is None for r in table.records)
+    w.random_image(rng).save(tmp_path / "sub" / "b.jpg")
+    with pytest.raises(DatasetError, match="share the id 'b'"):
+        image_folder_table(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no image files"):
+        image_folder_table(tmp_path / "empty")
 
 
 # --------------------------------------------------------------------------------------------

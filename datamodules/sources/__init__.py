@@ -2,6 +2,7 @@
 
 ``read_table(name, data_dir, **options)`` is the single entry point; adding a dataset means a
 module here with a ``read(data_dir, ...) -> LesionTable`` and one line in ``READERS``.
+``read_unlabeled`` reads the challenge test sets (no labels) for prediction.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ READERS: dict[str, Callable[..., LesionTable]] = {
     "ham10000": ham10000.read,
 }
 DATASETS = ["synthetic", *READERS]
+#: Datasets that ship an unlabeled (challenge) test set, and its reader.
+UNLABELED_READERS: dict[str, Callable[[Optional[str | Path]], LesionTable]] = {
+    "isic2019": isic2019.read_unlabeled,
+    "isic2020": isic2020.read_unlabeled,
+}
 
 
 def read_table(name: str, data_dir: Optional[str | Path] = None, **options: Any) -> LesionTable:
@@ -34,3 +40,13 @@ def read_table(name: str, data_dir: Optional[str | Path] = None, **options: Any)
     if name not in READERS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {DATASETS}")
     return READERS[name](data_dir, **options)
+
+
+def read_unlabeled(name: str, data_dir: Optional[str | Path]) -> LesionTable:
+    """The unlabeled test set that dataset ``name`` ships (records carry ``UNLABELED``)."""
+    if name not in UNLABELED_READERS:
+        raise DatasetError(
+            f"{name} ships no unlabeled test set; those that do: {list(UNLABELED_READERS)} "
+            "(any folder of images: --images DIR)"
+        )
+    return UNLABELED_READERS[name](data_dir)

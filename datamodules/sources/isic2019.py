@@ -23,6 +23,9 @@ NUMERIC = ["age_approx"]
 CATEGORICAL = {"anatom_site_general": SITES, "sex": ["male", "female"]}
 DEFAULT_FEATURES = ["age_approx", "anatom_site_general", "sex"]
 IMAGE_FOLDERS = ["ISIC_2019_Training_Input", "images"]
+#: The challenge test set: metadata without ``lesion_id`` and no ground truth.
+TEST_METADATA = "ISIC_2019_Test_Metadata.csv"
+TEST_IMAGE_FOLDERS = ["ISIC_2019_Test_Input", "test"]
 
 
 def read(data_dir: str | Path) -> LesionTable:
@@ -63,6 +66,14 @@ def read(data_dir: str | Path) -> LesionTable:
         categorical_columns=list(CATEGORICAL),
         default_features=list(DEFAULT_FEATURES),
     )
+
+
+def read_unlabeled(data_dir: str | Path) -> LesionTable:
+    """``ISIC_2019_Test_Metadata.csv`` + ``ISIC_2019_Test_Input/``, for prediction only."""
+    root = reading.require_dir(DATASET, data_dir)
+    meta_path = reading.find_file(DATASET, root, [TEST_METADATA])
+    frame = reading.read_csv(DATASET, meta_path, ["image", *DEFAULT_FEATURES])
+    return reading.unlabeled_table(DATASET, root, meta_path, frame, "image", TEST_IMAGE_FOLDERS, NUMERIC, CATEGORICAL)
 
 
 def _one_hot_labels(path: Path, truth) -> list[int]:

@@ -22,6 +22,7 @@ NUMERIC = ["age_approx"]
 CATEGORICAL = {"anatom_site_general_challenge": SITES, "sex": ["male", "female"]}
 DEFAULT_FEATURES = ["age_approx", "anatom_site_general_challenge", "sex"]
 IMAGE_FOLDERS = ["jpeg/train", "train", "images"]
+TEST_IMAGE_FOLDERS = ["jpeg/test", "test"]
 
 
 def read(data_dir: str | Path, task: str = "target") -> LesionTable:
@@ -56,3 +57,13 @@ def read(data_dir: str | Path, task: str = "target") -> LesionTable:
         categorical_columns=list(CATEGORICAL),
         default_features=list(DEFAULT_FEATURES),
     )
+
+
+def read_unlabeled(data_dir: str | Path) -> LesionTable:
+    """``test.csv`` (the first five columns of ``train.csv``) + ``jpeg/test/``, for prediction
+    only; ``prob_malignant`` of the predictions is the challenge's ``target``."""
+    root = reading.require_dir(DATASET, data_dir)
+    csv_path = reading.find_file(DATASET, root, ["test.csv"])
+    frame = reading.read_csv(DATASET, csv_path, ["image_name", *DEFAULT_FEATURES])
+    return reading.unlabeled_table(DATASET, root, csv_path, frame, "image_name", TEST_IMAGE_FOLDERS, NUMERIC,
+                                   CATEGORICAL)

@@ -12,7 +12,7 @@ from typing import Iterable, Optional, Sequence
 
 import pandas as pd
 
-from datamodules.records import DatasetError, LesionRecord, MetaValue
+from datamodules.records import UNLABELED, DatasetError, LesionRecord, LesionTable, MetaValue
 
 MISSING_TOKENS = {"", "unk", "unknown", "nan", "none", "na", "n/a"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -224,3 +224,42 @@ def make_records(
             zip(image_ids, paths, labels, groups, meta, masks)
         )
     ]
+
+
+def unlabeled_table(
+    dataset: str,
+    root: Path,
+    csv_path: Path,
+    frame: pd.DataFrame,
+    id_column: str,
+    image_folders: Sequence[str],
+    numeric: Sequence[str],
+    categorical: dict[str, Optional[Sequence[str]]],
+) -> LesionTable:
+    """A challenge test set: one unlabeled record per CSV row, metadata parsed by the training
+    rules (so the checkpoint's encoder reads it the same way), each image its own group."""
+    check_nonblank(dataset, csv_path, frame, id_column)
+    check_unique(dataset, csv_path, frame, id_column)
+    image_ids = [v.strip() for v in frame[id_column].tolist()]
+    meta = parse_metadata(dataset, csv_path, frame, numeric, categorical)
+    paths = ImageIndex(dataset, root, image_folders).resolve_all(csv_path, image_ids)
+    groups = [f"image:{image_id}" for image_id in image_ids]
+    records = make_records(image_ids, paths, [UNLABELED] * len(image_ids), groups, meta)
+    return LesionTable(dataset, csv_path, [], records, list(numeric), list(categorical))
+
+
+def image_folder_table(folder: str | Path) -> LesionTable:
+    """Every image under ``folder`` (recursively), unlabeled and without metadata: predicting on
+    new pictures. Image ids are file stems, so two files with the same stem are an error."""
+    root = require_dir("images", folder)
+    records, seen = [], {}
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+            continue
+        if path.stem in seen:
+            raise DatasetError(f"images: {seen[path.stem]} and {path} share the id {path.stem!r}; rename one")
+        seen[path.stem] = path
+        records.append(LesionRecord(path.stem, path, UNLABELED, f"image:{path.stem}", {}, line=None))
+    if not records:
+        raise DatasetError(f"images: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+    return LesionTable("images", root, [], records, [], [])
