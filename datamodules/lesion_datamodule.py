@@ -182,10 +182,9 @@ class LesionDataModule(L.LightningDataModule):
         hp = self.hparams
         p, k = hp.pk_batches
         labels = [r.label for r in self.records("train")]
-        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) \
-            if torch.distributed.is_available() and torch.distributed.is_initialized() else (0, 1)
-        sampler = ClassBalancedBatchSampler(labels, p, k, num_batches=max(1, len(labels) // (p * k * world)),
-                                            seed=int(torch.initial_seed()) % 2**32, rank=rank, world_size=world)
+        # Under DDP Lightning re-creates the sampler with its DistributedSampler (rank, world size).
+        sampler = ClassBalancedBatchSampler(labels, p, k, num_batches=max(1, len(labels) // (p * k)),
+                                            seed=int(torch.initial_seed()) % 2**32)
         return DataLoader(self.datasets["train"], batch_sampler=sampler, num_workers=hp.num_workers,
                           worker_init_fn=seed_augmentations, persistent_workers=hp.num_workers > 0,
                           pin_memory=torch.cuda.is_available())

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from lightning_modules.callbacks.test_results import gather_unique_tensors
 from lightning_modules.classifier import LesionClassifier
 from lightning_modules.losses import contrastive_loss, divergence_loss
 from lightning_modules.nets.abe import ABE
@@ -109,15 +110,8 @@ class ABEModule(LesionClassifier):
         chunks, self._collected = self._collected, {}
         if not chunks:
             return
-        gathered = {k: torch.cat(v) for k, v in chunks.items()}
-        if self.trainer.world_size > 1:
-            gathered = {k: self.all_gather(v).flatten(0, 1) for k, v in gathered.items()}
-        order = torch.argsort(gathered["index"])
-        idx_sorted = gathered["index"][order]
-        unique_mask = torch.ones_like(idx_sorted, dtype=torch.bool)
-        unique_mask[1:] = idx_sorted[1:] != idx_sorted[:-1]  # DDP pads with repeats: keep one of each
-        sel = order[unique_mask]
-        learners, labels, index = gathered["learners"][sel], gathered["label"][sel], gathered["index"][sel]
+        gathered = gather_unique_tensors(self, chunks)  # every rank's images, DDP's padded repeats dropped
+        learners, labels, index = gathered["learners"], gathered["label"], gathered["index"]
         groups = self.trainer.datamodule.group_ids(stage).to(index.device)[index] \
             if self.trainer.datamodule is not None and hasattr(self.trainer.datamodule, "group_ids") else None
         if self.trainer.sanity_checking:

@@ -76,8 +76,44 @@ def test_pk_sampler_batches():
     assert batches == list(sampler)  # same epoch, same batches
     sampler.set_epoch(1)
     assert batches != list(sampler)
-    other_rank = ClassBalancedBatchSampler(labels, 3, 4, 5, seed=1, rank=1, world_size=2)
-    assert list(other_rank) != list(ClassBalancedBatchSampler(labels, 3, 4, 5, seed=1, rank=0, world_size=2))
+
+
+
+def test_pk_sampler_under_lightnings_distributed_sampler_injection():
+    """Under DDP Lightning re-creates every BatchSampler subclass with ``sampler=DistributedSampler``
+    (the same code path as ``Trainer(strategy="ddp")``); each rank then draws its own half of the
+    batches, and the epoch Lightning sets on that sampler moves the stream on."""
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from lightning.fabric.utilities.data import _replace_dunder_methods, _set_sampler_epoch
+    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+
+    labels = [0] * 10 + [1] * 3 + [2] * 6 + [3] * 8
+    with _replace_dunder_methods(BatchSampler):  # what Lightning wraps the dataloader hooks in
+        loader = DataLoader(range(len(labels)), batch_sampler=ClassBalancedBatchSampler(labels, 3, 4, 6, seed=1))
+    per_rank = []
+    for rank in (0, 1):
+        injected = DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        per_rank.append(_update_dataloader(loader, injected))
+    samplers = [dl.batch_sampler for dl in per_rank]
+    assert [(s.rank, s.world_size, len(s)) for s in samplers] == [(0, 2, 3), (1, 2, 3)]
+    assert all(len(set(labels[i] for i in batch)) == 3 for s in samplers for batch in s)
+    first = [list(s) for s in samplers]
+    assert first[0] != first[1]
+    _set_sampler_epoch(per_rank[0], 1)  # what the fit loop calls at each epoch start
+    assert list(samplers[0]) != first[0]
+
+
+def test_pk_sampler_follows_the_epoch_lightning_sets():
+    """Lightning sets the epoch on ``batch_sampler.sampler``; without DDP too the batches change."""
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+    from torch.utils.data import DataLoader
+
+    labels = [0] * 10 + [1] * 3 + [2] * 6 + [3] * 8
+    loader = DataLoader(range(len(labels)), batch_sampler=ClassBalancedBatchSampler(labels, 3, 4, 5, seed=1))
+    epoch0 = [b.tolist() for b in loader]
+    assert epoch0 == [b.tolist() for b in loader]
+    _set_sampler_epoch(loader, 1)
+    assert epoch0 != [b.tolist() for b in loader]
 
 
 @pytest.mark.parametrize("backbone", ["resnet10t", "efficientnet_b0", "vgg11_bn"])

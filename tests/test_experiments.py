@@ -244,14 +244,18 @@ def test_make_train_passes_data_choice_and_overrides():
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes(tmp_path, synthetic_cache):
-    """Lightning's own DDP (two CPU processes): one run folder, de-duplicated test outputs."""
-    args = quick_args(REPO / "experiments" / "metablock.yaml", tmp_path, synthetic_cache,
+@pytest.mark.parametrize("experiment", ["metablock", "abe"])
+def test_ddp_on_two_cpu_processes(experiment, tmp_path, synthetic_cache):
+    """Lightning's own DDP (two CPU processes): one run folder, de-duplicated test outputs. ABE-M's
+    P x K batch sampler takes its rank from the DistributedSampler Lightning injects."""
+    args = quick_args(REPO / "experiments" / f"{experiment}.yaml", tmp_path, synthetic_cache,
                       "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2",
                       "--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2")
     subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=REPO, check=True, timeout=900)
-    (run_dir,) = list((tmp_path / "metablock").iterdir())
+    (run_dir,) = list((tmp_path / experiment).iterdir())
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    if experiment == "abe":
+        assert 0.0 <= metrics["test"]["recall@1"] <= metrics["test"]["recall@8"] <= 1.0
     from datamodules.lesion_datamodule import LesionDataModule
 
     dm = LesionDataModule(data_dir=str(synthetic_cache), source_options=SMALL_SYNTHETIC)
