@@ -44,6 +44,22 @@ def create_backbone(
         raise
 
 
+def normalisation_mismatch(name: str, mean: Sequence[float], std: Sequence[float]) -> Optional[str]:
+    """Why ``mean``/``std`` differ from those ``name``'s pretrained weights were trained with
+    (e.g. 0.5/0.5 for ``inception_v3.tf_in1k`` or ViTs, not ImageNet's), or ``None``."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or cfg.mean is None or cfg.std is None:
+        return None
+    close = lambda a, b: len(a) == len(b) and all(abs(x - y) < 1e-3 for x, y in zip(a, b))  # noqa: E731
+    if close(cfg.mean, mean) and close(cfg.std, std):
+        return None
+    return (f"backbone {name} was pretrained on images normalised with mean {list(cfg.mean)}, std {list(cfg.std)}, "
+            f"but the data is normalised with mean {list(mean)}, std {list(std)}; to match, set "
+            f"--data.normalize_mean='{list(cfg.mean)}' --data.normalize_std='{list(cfg.std)}'")
+
+
 def feature_channels(backbone: nn.Module) -> list[int]:
     return list(backbone.feature_info.channels())
 

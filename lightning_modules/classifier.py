@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MetricCollection
@@ -30,6 +31,7 @@ from torchmetrics.classification import (
 )
 
 from lightning_modules.attention import LesionMass
+from lightning_modules.backbones import normalisation_mismatch
 from lightning_modules.losses import classification_loss
 from lightning_modules.schedules import WarmupCosine
 
@@ -99,6 +101,17 @@ class LesionClassifier(L.LightningModule):
         self.lesion_mass = nn.ModuleDict(
             {f"{stage}_{name}": LesionMass() for stage in STAGES for name in self.attention_names}
         )
+
+    def setup(self, stage: str) -> None:
+        # Pretrained features expect the normalisation they were trained with; a mismatch trains
+        # fine but wastes the pretraining, so say so before the first epoch.
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data = getattr(datamodule, "hparams", {})
+        if stage == "fit" and (self.hparams.get("pretrained") or self.hparams.get("weights_path")) \
+                and "normalize_mean" in data and "backbone" in self.hparams:
+            problem = normalisation_mismatch(self.hparams.backbone, data["normalize_mean"], data["normalize_std"])
+            if problem:
+                rank_zero_warn(problem)
 
     # -- the network ---------------------------------------------------------------------------
     def build_net(self) -> nn.Module:

@@ -107,3 +107,32 @@ def test_plateau_scheduler_must_match_the_monitor():
     module.scheduler_factory = partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode="max")
     config = module.configure_optimizers()
     assert config["lr_scheduler"]["monitor"] == "val/auroc"
+
+
+def test_normalisation_mismatch_with_the_pretrained_weights():
+    from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from lightning_modules.backbones import normalisation_mismatch
+
+    assert normalisation_mismatch("resnet10t", IMAGENET_MEAN, IMAGENET_STD) is None
+    message = normalisation_mismatch("inception_v3.tf_in1k", IMAGENET_MEAN, IMAGENET_STD)
+    assert "mean [0.5, 0.5, 0.5]" in message and "--data.normalize_mean='[0.5, 0.5, 0.5]'" in message
+    assert normalisation_mismatch("inception_v3.tf_in1k", (0.5,) * 3, (0.5,) * 3) is None
+
+
+def test_pretrained_backbone_with_other_normalisation_warns_at_fit(tmp_path):
+    """The check runs in ``setup("fit")`` with the datamodule's settings (weights from a local file)."""
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "resnet10t.safetensors"
+    save_file(timm.create_model("resnet10t").state_dict(), str(weights))
+    module = FusionModule(backbone="resnet10t", weights_path=str(weights), num_classes=2, meta_dim=0, fusion="none")
+
+    class Data:
+        hparams = {"normalize_mean": (0.5, 0.5, 0.5), "normalize_std": (0.5, 0.5, 0.5)}
+
+    class Trainer:
+        datamodule = Data()
+
+    module._trainer = Trainer()
+    with pytest.warns(UserWarning, match="backbone resnet10t was pretrained .* mean \\[0.485"):
+        module.setup("fit")
