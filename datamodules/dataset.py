@@ -66,8 +66,11 @@ class LesionDataset(Dataset):
         dataset: str = "dataset",
         load_masks: bool = True,
         image_size: Optional[int] = None,
+        rank: int = 0,
     ):
+        """``rank``: the DDP process, which seeds its own augmentation stream."""
         self.records = list(records)
+        self.rank = rank
         self.encoder = encoder  # shared: a checkpoint's encoder, once loaded, applies at once
         self.transform = transform
         self.dataset = dataset

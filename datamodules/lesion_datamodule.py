@@ -146,13 +146,15 @@ class LesionDataModule(L.LightningDataModule):
         hp = self.hparams
         eval_tf = build_transforms(False, hp.image_size, hp.augment, hp.normalize_mean, hp.normalize_std)
         train_tf = build_transforms(True, hp.image_size, hp.augment, hp.normalize_mean, hp.normalize_std)
-        # Reproducible in-process augmentation (workers reseed in `seed_augmentations`).
-        train_tf.set_random_seed(int(torch.initial_seed()) % 2**32)
+        # Reproducible in-process augmentation (workers reseed in `seed_augmentations`). DDP ranks
+        # share the run seed, so the rank is mixed in: each process augments differently.
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        train_tf.set_random_seed(augmentation_seed(torch.initial_seed(), rank))
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": (hp.predict_split,)}
         for split in wanted.get(stage, (*SPLITS, hp.predict_split)):
             transform = train_tf if split == "train" else eval_tf
             self.datasets[split] = LesionDataset(
-                self.records(split), self.encoder, transform, hp.dataset, hp.load_masks, hp.image_size
+                self.records(split), self.encoder, transform, hp.dataset, hp.load_masks, hp.image_size, rank
             )
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
@@ -268,7 +270,16 @@ def seed_augmentations(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     transform = getattr(info.dataset, "transform", None) if info is not None else None
     if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(int(torch.initial_seed()) % 2**32)
+        # torch's worker seed differs per worker but not per DDP rank (same run seed everywhere).
+        transform.set_random_seed(augmentation_seed(torch.initial_seed(), getattr(info.dataset, "rank", 0)))
+
+
+def augmentation_seed(seed: int, rank: int) -> int:
+    """A 32-bit augmentation seed for one process (``rank``) of a run seeded with ``seed``; rank 0
+    (and a single-process run) keeps the plain run seed, so earlier results stay reproducible."""
+    if rank == 0:
+        return int(seed) % 2**32
+    return int(np.random.SeedSequence([int(seed) % 2**63, int(rank)]).generate_state(1)[0])
 
 
 def drop_rare_classes(table: LesionTable, min_images: int) -> LesionTable:

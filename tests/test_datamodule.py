@@ -263,6 +263,28 @@ def test_dataloader_workers_draw_different_augmentations(synthetic_cache):
     assert torch.equal(first, again[0]) and torch.equal(second, again[1])
 
 
+def test_ddp_ranks_draw_different_augmentations(synthetic_cache):
+    """Every DDP process has the same run seed; the rank is mixed into the augmentation seed, in
+    the main process and in each DataLoader worker, so ranks do not repeat each other's draws."""
+    from types import SimpleNamespace
+
+    def first_item(rank: int, num_workers: int) -> torch.Tensor:
+        module = make_dm(synthetic_cache, num_workers=num_workers)
+        module.trainer = SimpleNamespace(global_rank=rank)
+        torch.manual_seed(0)
+        module.setup("fit")
+        dataset = module.datasets["train"]
+        assert dataset.rank == rank
+        loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=num_workers, shuffle=False,
+                                             worker_init_fn=module.train_dataloader().worker_init_fn)
+        torch.manual_seed(0)
+        return next(iter(loader))["image"]
+
+    for workers in (0, 1):
+        assert not torch.allclose(first_item(0, workers), first_item(1, workers))
+        assert torch.equal(first_item(1, workers), first_item(1, workers))
+
+
 def test_min_class_images_drops_and_relabels(synthetic_cache):
     from datamodules.sources import read_table
 
