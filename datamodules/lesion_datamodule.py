@@ -79,6 +79,9 @@ class LesionDataModule(L.LightningDataModule):
         super().__init__()
         if dataset not in DATASETS:
             raise DatasetError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
+        if pk_batches and balanced_sampler:
+            raise ValueError("pk_batches (P classes x K images) already balances the classes; "
+                             "set balanced_sampler=false")
         if predict_split not in (*SPLITS, "all"):
             raise ValueError(f"predict_split must be one of {(*SPLITS, 'all')}, got {predict_split!r}")
         self.save_hyperparameters()

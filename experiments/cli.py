@@ -25,10 +25,12 @@ from typing import Optional, Sequence
 
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.lesion_datamodule import LesionDataModule
 from experiments.loggers import make_csv_logger, make_wandb_logger
+from lightning_modules.atomic_io import AtomicCheckpointIO
 from lightning_modules.callbacks.attention_maps import AttentionMapLogger
 from lightning_modules.callbacks.evaluation_figures import EvaluationFigures
 from lightning_modules.callbacks.test_results import TestResultsWriter
@@ -122,7 +124,11 @@ class DermCLI(LightningCLI):
         ]  # fmt: skip
         if run.patience is not None:
             callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=run.patience))
-        return super().instantiate_trainer(logger=loggers, callbacks=callbacks, **kwargs)
+        plugins = self.config_init.trainer.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        return super().instantiate_trainer(logger=loggers, callbacks=callbacks, plugins=plugins, **kwargs)
 
 
 def resumed_run_config(args: Sequence[str]) -> Optional[Path]:
@@ -165,6 +171,20 @@ def check_same_data(run_config: Path, config) -> None:
                          "Resume without changing them, or start a new run.")
 
 
+def external_job_id() -> Optional[str]:
+    """The id all ranks of an externally launched job share, or ``None``. torchrun without
+    ``--rdzv-id`` reports ``none`` for every job, which must not name a folder; SLURM steps of one
+    allocation share the job id, so the step id joins it."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id and run_id.lower() != "none":
+        return run_id
+    job = os.environ.get("SLURM_JOB_ID")
+    if job:
+        step = os.environ.get("SLURM_STEP_ID")
+        return f"{job}.{step}" if step else job
+    return None
+
+
 def resolve_run_dir(root: str, name: str, explicit: Optional[str], resume: Optional[str], seed) -> Path:
     if resume:
         path = Path(resume).resolve().parent.parent  # <run>/checkpoints/last.ckpt
@@ -176,7 +196,7 @@ def resolve_run_dir(root: str, name: str, explicit: Optional[str], resume: Optio
             raise FileExistsError(f"--run.dir {path} already holds a run; --resume its last.ckpt or pick a new folder")
     else:
         # Externally launched ranks (torchrun, SLURM) must agree on the folder: use the job's id.
-        job = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_JOB_ID")
+        job = external_job_id()
         if job and int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1:
             path = Path(root) / name / f"job-{job}-s{seed}"
         else:

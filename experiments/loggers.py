@@ -11,6 +11,8 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from lightning_modules.atomic_io import atomic_write
+
 
 class _AppendingWriter(ExperimentWriter):
     """Lightning's writer deletes an existing ``metrics.csv``; a resumed run must keep the epochs
@@ -38,6 +40,15 @@ def make_csv_logger(run_dir: Path) -> CSVLogger:
     return ResumableCSVLogger(save_dir=str(run_dir), name="", version="")
 
 
+def is_global_rank_zero() -> bool:
+    """Before the process group exists: torchrun sets ``RANK``, srun ``SLURM_PROCID``; processes
+    started by Lightning's launcher carry ``LOCAL_RANK``/``NODE_RANK`` only."""
+    for name in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(name) is not None:
+            return int(os.environ[name]) == 0
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+
+
 def make_wandb_logger(run_dir: Path, name: str, project: str) -> WandbLogger:
     """Offline unless ``WANDB_MODE=online`` (``disabled`` turns it off): no account needed;
     ``wandb sync <run>/wandb/offline-run-*`` uploads later. The run id lives in the run folder, so
@@ -46,8 +57,8 @@ def make_wandb_logger(run_dir: Path, name: str, project: str) -> WandbLogger:
     run_id = id_file.read_text().strip() if id_file.is_file() else ""
     if not run_id:
         run_id = secrets.token_hex(4)  # W&B ids are short lowercase alphanumerics
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
-            id_file.write_text(run_id)  # only W&B on global rank 0 logs; other ranks never start a run
+        if is_global_rank_zero():
+            atomic_write(id_file, lambda f: f.write(run_id))  # only W&B on global rank 0 logs
     return WandbLogger(
         project=project,
         name=f"{name}/{run_dir.name}",

@@ -23,7 +23,6 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from datamodules.dataset import load_rgb  # noqa: E402
 from datamodules.transforms import build_transforms  # noqa: E402
@@ -36,6 +35,7 @@ from lightning_modules.analysis.prototype_analysis import (  # noqa: E402
     push_record,
     region_mask,
 )
+from lightning_modules.atomic_io import write_json, write_png  # noqa: E402
 from lightning_modules.callbacks.attention_maps import denormalise  # noqa: E402
 
 
@@ -62,9 +62,7 @@ def explain(ckpt: str, image: str, top_k: int = 3, out: str | None = None) -> li
     checkpoint, module, datamodule = load(ckpt)
     tensor, picture = prepare(datamodule, image)
     rows, figure = local_analysis(module.net, tensor, picture, push_record(checkpoint), module.class_names, top_k)
-    path = Path(out) if out else default_out(ckpt, f"explain_{Path(image).stem}.png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(figure).save(path)
+    write_png(Path(out) if out else default_out(ckpt, f"explain_{Path(image).stem}.png"), figure)
     return rows
 
 
@@ -78,9 +76,7 @@ def nearest(ckpt: str, k: int = 5, out: str | None = None) -> dict:
             for d, i, h, w in zip(found["distance"][j], found["image_index"][j], found["h"][j], found["w"][j])]
         for j in range(found["distance"].shape[0])
     }  # fmt: skip
-    path = Path(out) if out else default_out(ckpt, "nearest_patches.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(table, indent=1))
+    write_json(Path(out) if out else default_out(ckpt, "nearest_patches.json"), table)
     return table
 
 
@@ -96,8 +92,7 @@ def attack(ckpt: str, image: str, prototype: int, region: tuple[int, int, int, i
                               mode=mode, epsilon=epsilon, steps=steps, mean=hp.normalize_mean, std=hp.normalize_std)
     attacked = denormalise(result.image, hp.normalize_mean, hp.normalize_std)[0]
     path = Path(out) if out else default_out(ckpt, f"attack_{Path(image).stem}_p{prototype}_{mode}.png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(attack_figure(picture, attacked, result, region)).save(path)
+    write_png(path, attack_figure(picture, attacked, result, region))
     return result
 
 

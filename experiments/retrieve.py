@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from datamodules.dataset import load_rgb  # noqa: E402
 from datamodules.transforms import build_transforms  # noqa: E402
 from experiments.predict import build_datamodule, build_module, load_checkpoint  # noqa: E402
+from lightning_modules.atomic_io import write_png  # noqa: E402
 from lightning_modules.plots import _to_array  # noqa: E402
 
 
@@ -63,7 +64,7 @@ def render(query: np.ndarray, neighbours: list[dict], path: Path) -> Path:
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    plt.imsave(path, _to_array(fig))
+    write_png(path, _to_array(fig))
     return path
 
 

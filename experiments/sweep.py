@@ -33,14 +33,18 @@ METRICS = ("auroc", "bacc", "acc")
 
 def run_one(config: str, overrides: list[str], value: str, seed: int, name: str, extra: list[str]) -> dict:
     run_dir = Path("runs") / f"{name}-sweep" / f"{value}-s{seed}"
-    if (run_dir / "metrics.json").is_file():  # finished earlier: a sweep resumes where it stopped
+    train_args = ["--config", config, *overrides, f"--seed_everything={seed}", f"--run.dir={run_dir}",
+                  "--trainer.enable_progress_bar=false", *extra]  # fmt: skip
+    record = run_dir / "sweep_args.json"
+    # A run finished earlier with exactly these arguments is reused (a sweep resumes where it
+    # stopped); one with other arguments (changed overrides, a redefined variant) is redone.
+    if (run_dir / "metrics.json").is_file() and record.is_file() and json.loads(record.read_text()) == train_args:
         return json.loads((run_dir / "metrics.json").read_text())
-    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted attempt starts over
-    args = [sys.executable, "-m", "experiments.train", "--config", config, *overrides,
-            f"--seed_everything={seed}", f"--run.dir={run_dir}", "--trainer.enable_progress_bar=false",
-            *extra]  # fmt: skip
+    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted or different attempt starts over
+    write_json(record, train_args)
     start = time.perf_counter()
-    subprocess.run(args, check=True, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    subprocess.run([sys.executable, "-m", "experiments.train", *train_args], check=True,
+                   env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["wall_seconds"] = time.perf_counter() - start
     write_json(run_dir / "metrics.json", metrics)

@@ -6,13 +6,21 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from PIL import Image
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w") -> Path:
+    """Call ``write(handle)`` on a temp file beside ``path``, then rename it over ``path``.
+
+    The temp file lives in the target's folder (a rename across filesystems would be a copy, not
+    atomic); it gets the permissions a plain ``open`` would give (mkstemp makes it 0600), and the
+    folder is synced after the rename so the new name survives a crash.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -21,11 +29,49 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _sync_dir(path.parent)
     return path
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _sync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints (``last.ckpt`` above all) written whole or not at all, with :func:`atomic_write`.
+
+    Lightning's own save stages the file in ``$TMPDIR`` and moves it; when ``$TMPDIR`` is on
+    another filesystem than the run folder (common on clusters) the move is a copy over the old
+    checkpoint, and an interruption leaves it truncated. Remote URLs keep Lightning's path.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_write(path, lambda f: torch.save(checkpoint, f), mode="wb")
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -50,6 +50,16 @@ class AttentionClassifier(LesionClassifier):
         self.gradcam_mass = LesionMass()
         self._warned_inference = False
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        train = getattr(datamodule, "datasets", {}).get("train")
+        if stage == "fit" and self.hparams.mask_loss_weight > 0 and train is not None and not train.with_masks:
+            # Without masks the regulariser would silently never apply.
+            raise ValueError(f"mask_loss_weight={self.hparams.mask_loss_weight} needs lesion masks, but the "
+                             f"{train.dataset} training images have none (or --data.load_masks is false); "
+                             "set --model.init_args.mask_loss_weight=0")
+
     def attention_maps(self, image: torch.Tensor, meta: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.net(image, meta, return_attention=True)[1]
 

@@ -1,7 +1,5 @@
 """ABE-M: losses by hand, Recall@K on a hand-made embedding set, the P x K sampler, the network."""
 
-import math
-
 import pytest
 import torch
 

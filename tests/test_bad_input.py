@@ -367,9 +367,37 @@ def test_blank_group_or_image_id(tmp_path, dataset, column):
         read_table(dataset, tmp_path)
 
 
+@pytest.mark.parametrize("dataset", sorted(WRITERS))
+def test_truncated_row_is_an_error(tmp_path, dataset):
+    """pandas would pad a short row with blanks, i.e. silently missing metadata."""
+    ds = WRITERS[dataset](tmp_path, n=6)
+    lines = ds.csv_path.read_text().splitlines()
+    lines[4] = ",".join(lines[4].split(",")[:3])  # line 5 cut after three fields
+    ds.csv_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=f"^{dataset}: {esc(ds.csv_path)}: row\\(s\\) with fewer .* \\(line 5 has 3\\)"):
+        read_table(dataset, tmp_path)
+
+
+def test_image_in_two_folders_is_reported(tmp_path):
+    """ISIC 2020 with both the full-size ``jpeg/train`` and a resized ``train`` copy: the first
+    folder of the reader's list wins, and a warning says which file was used."""
+    ds = w.write_isic2020(tmp_path, n=4)
+    name = ds.rows[2]["image_name"]
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / f"{name}.jpg").write_bytes(ds.images[name].read_bytes())
+    with pytest.warns(UserWarning, match=f"1 image\\(s\\) of .* more than one file.*{name}: {esc(ds.images[name])}"):
+        table = read_table("isic2020", tmp_path)
+    assert table.records[2].image_path == ds.images[name]
+
+
 # --------------------------------------------------------------------------------------------
 # Data module arguments and splits
 # --------------------------------------------------------------------------------------------
+
+
+def test_pk_batches_and_balanced_sampler_conflict():
+    with pytest.raises(ValueError, match="pk_batches .* already balances the classes"):
+        LesionDataModule(pk_batches=(6, 8), balanced_sampler=True)
 
 
 def test_unknown_dataset_name():

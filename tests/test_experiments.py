@@ -185,6 +185,26 @@ def test_predict_unlabeled_test_set_checks_the_models_columns(short_run, tmp_pat
                 accelerator="cpu")
 
 
+def test_trainer_writes_checkpoints_atomically(tmp_path, synthetic_cache):
+    from experiments.cli import DermCLI
+    from lightning_modules.atomic_io import AtomicCheckpointIO
+
+    cli = DermCLI(args=quick_args(REPO / "experiments" / "metablock.yaml", tmp_path, synthetic_cache, "--run.wandb=false"))
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_mask_regulariser_is_logged_and_refuses_data_without_masks(tmp_path, synthetic_cache):
+    config = REPO / "experiments" / "soft_attention.yaml"
+    limits = ("--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+              "--run.test=false", "--run.wandb=false", "--model.init_args.mask_loss_weight=0.01")  # fmt: skip
+    run_dir = train(quick_args(config, tmp_path, synthetic_cache, *limits))
+    with open(run_dir / "metrics.csv") as handle:
+        values = [float(r["train/mask_loss"]) for r in csv.DictReader(handle) if r.get("train/mask_loss")]
+    assert len(values) == 1 and 0.0 < values[0] <= 1.0  # a Dice loss
+    with pytest.raises(ValueError, match="mask_loss_weight=0.01 needs lesion masks"):
+        train(quick_args(config, tmp_path, synthetic_cache, *limits, "--data.load_masks=false"))
+
+
 def test_resume_continues_in_the_same_run_folder(tmp_path, synthetic_cache):
     config = REPO / "experiments" / "metablock.yaml"
     limits = ("--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--run.test=false",

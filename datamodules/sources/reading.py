@@ -7,6 +7,8 @@ error naming the file, line and column; nothing is silently dropped.
 
 from __future__ import annotations
 
+import csv
+import warnings
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -42,6 +44,7 @@ def read_csv(dataset: str, path: Path, required: Iterable[str]) -> pd.DataFrame:
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DatasetError(f"{dataset}: cannot read {path}: {err}") from err
     frame.columns = [c.strip() for c in frame.columns]
+    check_row_lengths(dataset, path, len(frame.columns))
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DatasetError(
@@ -50,6 +53,22 @@ def read_csv(dataset: str, path: Path, required: Iterable[str]) -> pd.DataFrame:
     if frame.empty:
         raise DatasetError(f"{dataset}: {path} has no data rows")
     return frame
+
+
+def check_row_lengths(dataset: str, path: Path, n_columns: int) -> None:
+    """pandas rejects rows with too many fields but pads short ones with blanks, which would then
+    read as missing metadata: a truncated row is an error naming its line."""
+    short = []
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)
+        for row in reader:
+            if row and len(row) < n_columns:
+                short.append((reader.line_num, len(row)))
+    if short:
+        shown = ", ".join(f"line {line} has {n}" for line, n in short[:10])
+        raise DatasetError(f"{dataset}: {path}: row(s) with fewer than the header's {n_columns} fields ({shown}"
+                           f"{', ...' if len(short) > 10 else ''})")
 
 
 def line_of(row_index: int) -> int:
@@ -160,11 +179,17 @@ class ImageIndex:
                 f"{dataset}: no image folder found in {data_dir}; looked for {list(folders)}"
             )
         self.by_stem: dict[str, Path] = {}
+        #: Other files found for an id already indexed (e.g. ``jpeg/train/x.jpg`` and a resized
+        #: ``train/x.jpg``): the first folder in ``folders`` wins, and the choice is reported.
+        self.also: dict[str, list[Path]] = {}
         for folder in self.searched:
             for path in sorted(folder.rglob("*")):
                 if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-                    self.by_stem.setdefault(path.stem, path)
-                    self.by_stem.setdefault(path.name, path)
+                    for key in (path.stem, path.name):
+                        if key not in self.by_stem:
+                            self.by_stem[key] = path
+                        elif key == path.stem and self.by_stem[key] != path:
+                            self.also.setdefault(key, []).append(path)
 
     def resolve_all(self, csv_path: Path, image_ids: Sequence[str]) -> list[Path]:
         """The file of every id; every missing one is reported (with its CSV line) at once."""
@@ -179,6 +204,15 @@ class ImageIndex:
             raise DatasetError(
                 f"{self.dataset}: {len(missing)} image(s) listed in {csv_path} are missing from "
                 f"{[str(p) for p in self.searched]}: {shown}{', ...' if len(missing) > 10 else ''}"
+            )
+        doubled = [(image_id, path) for image_id, path in zip(image_ids, paths) if path.stem in self.also]
+        if doubled:
+            image_id, path = doubled[0]
+            warnings.warn(
+                f"{self.dataset}: {len(doubled)} image(s) of {csv_path} exist in more than one file; using the "
+                f"first folder of {[str(p) for p in self.searched]}, e.g. {image_id}: {path} (also "
+                f"{', '.join(str(p) for p in self.also[path.stem])})",
+                stacklevel=2,
             )
         return paths
 

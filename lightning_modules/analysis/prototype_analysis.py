@@ -8,7 +8,7 @@ boxes of every prototype), so a checkpoint is all that is needed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import matplotlib
 
