@@ -81,8 +81,8 @@ class AttentionClassifier(LesionClassifier):
                 rank_zero_warn("Grad-CAM needs gradients: set trainer.inference_mode=false to score it")
                 self._warned_inference = True
             return
-        stage = self.net.attention_stage  # Grad-CAM on the grid the attention looks at: same resolution
-        cams = grad_cam(self.forward, self.net.backbone, batch["image"], batch["meta"], select=lambda out: out[stage])
+        layer, select = self.net.gradcam_target  # the grid the (finest) attention map lies on
+        cams = grad_cam(self.forward, layer, batch["image"], batch["meta"], select=select)
         self.gradcam_mass.update(cams, batch["mask"])
 
     def on_test_epoch_end(self) -> None:

@@ -86,6 +86,18 @@ def test_attn_vgg_uses_pool3_pool4_on_vgg():
     assert net.classifier.in_features == 512 + 256 + 512
 
 
+@pytest.mark.parametrize("backbone", ["vgg11_bn", "resnet10t"])
+def test_gradcam_lies_on_the_grid_of_the_finest_attention_map(backbone):
+    """For VGG the attended maps are the stages max-pooled by 2: Grad-CAM must use that grid too,
+    or its lesion mass is scored at twice the attention's resolution."""
+    net = AttnVGG(num_classes=3, backbone=backbone).eval()
+    image = torch.randn(2, 3, 64, 64)
+    _, maps = net(image, return_attention=True)
+    layer, select = net.gradcam_target
+    cam = grad_cam(lambda x, m: net(x), layer, image, None, select=select)
+    assert cam.shape == maps["attn1"].shape
+
+
 def test_lesion_mass_on_hand_made_maps():
     mask = torch.zeros(1, 4, 4)
     mask[0, :2, :2] = 1  # a quarter of the image

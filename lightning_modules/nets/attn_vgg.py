@@ -20,7 +20,7 @@ pool-4 maps are the 1/4 and 1/8 stages max-pooled once (``pool_local_stages``, a
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +74,10 @@ class AttnVGG(nn.Module):
         if missing:
             raise ValueError(f"{backbone} has no feature stage at reduction(s) {missing}; it has {reductions}")
         self.local_stages = [reductions.index(r) for r in wanted]
-        self.attention_stage = self.local_stages[0]  # the finest attended stage (for Grad-CAM)
+        # timm VGG stages end before their pooling: pool-3/pool-4 are these maps max-pooled by 2.
+        # A module (not F.max_pool2d) so that Grad-CAM can hook the exact grid the attention sees.
+        self.local_pools = nn.ModuleList(nn.MaxPool2d(2) if self.pool_local else nn.Identity()
+                                         for _ in self.local_stages)
         global_channels = channels[-1]
         self.attention = nn.ModuleList(
             AttentionBlock(channels[i], global_channels, attention_channels, normalize_attn)
@@ -83,15 +86,19 @@ class AttnVGG(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(global_channels + sum(channels[i] for i in self.local_stages), num_classes)
 
+    @property
+    def gradcam_target(self) -> tuple[nn.Module, Callable]:
+        """Grad-CAM's layer and output selector: the finest attended map (``attn1``'s grid)."""
+        return self.local_pools[0], lambda out: out
+
     def forward(self, image: torch.Tensor, meta: Optional[torch.Tensor] = None,
                 return_attention: bool = False):
         stages = self.backbone(image)
         x = stages[-1]
         features = [x.mean(dim=(2, 3))]
         maps = {}
-        for k, (i, block) in enumerate(zip(self.local_stages, self.attention), start=1):
-            local = F.max_pool2d(stages[i], 2) if self.pool_local else stages[i]
-            maps[f"attn{k}"], attended = block(local, x)
+        for k, (i, pool, block) in enumerate(zip(self.local_stages, self.local_pools, self.attention), start=1):
+            maps[f"attn{k}"], attended = block(pool(stages[i]), x)
             features.append(attended)
         logits = self.classifier(self.dropout(torch.cat(features, dim=1)))
         return (logits, maps) if return_attention else logits

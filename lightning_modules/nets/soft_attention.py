@@ -16,7 +16,7 @@ to look) or, for data without metadata, a learned query vector.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -119,7 +119,6 @@ class SoftAttentionClassifier(nn.Module):
             raise ValueError(f"query must be 'metadata', 'learned' or 'auto', got {query!r}")
         self.query_kind = query
         self.backbone = create_backbone(backbone, pretrained, weights_path, out_indices=(feature_stage,))
-        self.attention_stage = -1  # the backbone returns only the attended stage
         channels = feature_channels(self.backbone)[-1]
         if query == "metadata":
             self.query = nn.Sequential(nn.Linear(meta_dim, query_dim), nn.ReLU(inplace=True),
@@ -134,6 +133,11 @@ class SoftAttentionClassifier(nn.Module):
         if self.query_kind == "metadata":
             return self.query(meta.to(image.dtype))
         return self.learned_query.expand(image.shape[0], -1)
+
+    @property
+    def gradcam_target(self) -> tuple[nn.Module, Callable]:
+        """Grad-CAM's layer and output selector: the attended grid (the backbone's one stage)."""
+        return self.backbone, lambda out: out[-1]
 
     def forward(self, image: torch.Tensor, meta: Optional[torch.Tensor] = None, return_attention: bool = False):
         fmap = self.backbone(image)[-1]
