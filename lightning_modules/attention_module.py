@@ -87,13 +87,15 @@ class AttentionClassifier(LesionClassifier):
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
-        if int(self.gradcam_mass.count) > 0:
+        if self.any_rank_counted(self.gradcam_mass):
             self.log("test/gradcam_lesion_mass", self.gradcam_mass.compute())
             self.gradcam_mass.reset()
 
 
 class AttnVGGModule(AttentionClassifier):
-    """AttnVGG / AttnMel, trained with focal loss by default (the IPMI 2019 setting)."""
+    """AttnVGG / AttnMel, trained with focal loss by default (the IPMI 2019 setting). AttnMel
+    balanced the classes by oversampling melanoma x4 rather than by class weights: to reproduce it,
+    use ``--data.balanced_sampler=true --model.init_args.weighted_loss=false``."""
 
     attention_names = ("attn1", "attn2")
 

@@ -184,7 +184,7 @@ class LesionClassifier(L.LightningModule):
 
     def log_lesion_mass(self, stage: str) -> None:
         metrics = [self.lesion_mass[f"{stage}_{name}"] for name in self.attention_names]
-        if not metrics or int(metrics[0].count) == 0:
+        if not metrics or not self.any_rank_counted(metrics[0]):
             return
         values = [metric.compute() for metric in metrics]
         for name, value in zip(self.attention_names, values):
@@ -192,6 +192,11 @@ class LesionClassifier(L.LightningModule):
         self.log(f"{stage}/lesion_mass", torch.stack(values).mean(), prog_bar=stage == "val")
         for metric in metrics:
             metric.reset()
+
+    def any_rank_counted(self, metric: LesionMass) -> bool:
+        """Whether any process scored an image. Decided together (a collective), because
+        ``compute()`` syncs across processes and must be called by all of them or by none."""
+        return bool(self.trainer.strategy.reduce_boolean_decision(int(metric.count) > 0, all=False))
 
     def _report(self, stage: str) -> None:
         details = getattr(self, f"{stage}_details")

@@ -153,7 +153,9 @@ def contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: flo
     mean over positive pairs of ``d^2`` + mean over negative pairs of ``max(0, margin - d^2)``.
 
     Averaging each side separately keeps the two balanced whatever the batch's class make-up (a
-    P x K batch has far more negative than positive pairs)."""
+    P x K batch has far more negative than positive pairs). Deviation from ABE-M, on purpose: the
+    paper samples 16 positive + 16 negative pairs per 32 images; every pair is used here, with the
+    same positive/negative balance and no sampling noise."""
     d2 = pairwise_squared_distances(embeddings.float())
     same = labels[:, None] == labels[None, :]
     upper = torch.triu(torch.ones_like(same), diagonal=1)  # each unordered pair once, no self-pairs
@@ -169,7 +171,11 @@ def contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: flo
 def divergence_loss(learner_embeddings: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
     """ABE-M's divergence loss, ``max(0, m_div - ||B_p(x) - B_q(x)||^2)`` over pairs of learners
     ``p != q`` **of the same image** (a known unofficial version wrongly pairs different images),
-    averaged over images and learner pairs. ``learner_embeddings``: (B, M, d)."""
+    averaged over images and learner pairs. ``learner_embeddings``: (B, M, d).
+
+    The paper writes a sum over images and pairs; the mean makes ``lambda_div`` independent of the
+    batch size and of M (the sum equals this times ``B * M * (M - 1)``), so ``lambda_div = 1`` here
+    is not the paper's ``lambda_div = 1``."""
     b, m, _ = learner_embeddings.shape
     if m < 2:
         return learner_embeddings.new_zeros(())

@@ -118,6 +118,8 @@ class ProtoPNetModule(LesionClassifier):
 
     def on_train_epoch_start(self) -> None:
         stage, rates = self.stage_learning_rates(self.current_epoch)
+        # Frozen by requires_grad only: the backbone's BatchNorm layers stay in train mode and keep
+        # updating their running statistics during warm-up, as the reference code does.
         for param in self.net.backbone.parameters():
             param.requires_grad_(stage == "joint")
         for param in self.net.last_layer.parameters():

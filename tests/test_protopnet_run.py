@@ -141,4 +141,4 @@ def test_push_under_ddp_on_two_cpu_processes(tmp_path, synthetic_cache):
     with torch.no_grad():  # the pushed prototypes are the recorded patches, whichever rank saw them
         for entry in record:
             distances = module.net(dataset[entry["image_index"]]["image"][None]).distances[0, entry["prototype"]]
-            assert distances[tuple(entry["cell"])].item() == pytest.approx(0.0, abs=1e-3)  # float32 expansion |z|^2 - 2zp + |p|^2
+            assert distances[tuple(entry["cell"])].item() == pytest.approx(0.0, abs=1e-4)  # float32 expansion |z|^2 - 2zp + |p|^2

@@ -133,11 +133,23 @@ class PrototypePush(L.Callback):
         epoch = trainer.current_epoch
         was_training = pl_module.training
         pl_module.eval()
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            # DDP broadcasts buffers (BatchNorm statistics) from rank 0 at the start of every training
+            # forward, after which each rank's step updated its own copy. The push runs the bare
+            # network, so it syncs them itself: every rank must compute the same features, or a
+            # patch found on rank 1 is not at distance 0 in rank 0's checkpoint.
+            for buffer in pl_module.net.buffers():
+                torch.distributed.broadcast(buffer.data, src=0)
         loader = self._loader(trainer)
         search = self._search(trainer, pl_module, loader)
         unchanged = search.project(pl_module.net)
         similarities, labels = self._similarities(trainer, pl_module, loader)
         last_loss = self.optimise_last_layer(pl_module, similarities, labels)
+        if trainer.world_size > 1:
+            # Every rank fitted the same layer on the same data in the same order; kernels that are
+            # not bitwise deterministic could still let them drift, so rank 0's result is kept.
+            weight = trainer.strategy.broadcast(pl_module.net.last_layer.weight.detach().cpu(), src=0)
+            pl_module.net.last_layer.weight.data.copy_(weight.to(pl_module.device))
         self.records = self._describe(trainer, pl_module, search)
         self.pushes.append(epoch)
         pl_module.last_push_epoch = epoch
@@ -173,7 +185,8 @@ class PrototypePush(L.Callback):
                              image_class=pl_module.class_names[records[i].label], cell=[h, w],
                              receptive_field_box=list(cell_box(rf, h, w)))  # fmt: skip
             out.append(entry)
-        self._add_activation_boxes(trainer, pl_module, out)
+        if trainer.is_global_zero:  # the boxes serve the pictures and the checkpoint: rank 0's job
+            self._add_activation_boxes(trainer, pl_module, out)
         return out
 
     @torch.no_grad()
