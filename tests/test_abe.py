@@ -136,5 +136,26 @@ def test_abe_learners_and_heads():
     heads = ABE("resnet10t", num_learners=4, embedding_dim=64, ensemble="heads")
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(heads) > 2 * count(net)  # M-heads copies G; ABE-M shares it
+
+
+def test_m_heads_are_different_learners():
+    """Each head copies G but owns an independently initialised embedding layer: identical heads
+    would get identical gradients and stay one learner M times (a bug this guards against)."""
+    torch.manual_seed(0)
+    heads = ABE("resnet10t", num_learners=3, embedding_dim=48, ensemble="heads")
+    first, second = heads.heads[0], heads.heads[1]
+    assert all(torch.equal(a, b) for a, b in zip(first[0].parameters(), second[0].parameters()))  # G copied
+    assert not torch.equal(first[-1].weight, second[-1].weight)  # own embedding layers
+    images, labels = torch.randn(8, 3, 64, 64), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    optimizer = torch.optim.SGD(heads.parameters(), lr=0.5)
+    for _ in range(2):
+        loss = sum(contrastive_loss(e, labels) for e in heads(images).unbind(1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert not torch.allclose(next(first[0].parameters()), next(second[0].parameters()))  # the G's diverge too
+    heads.eval()
+    embeddings = heads(images)
+    assert not torch.allclose(embeddings[:, 0], embeddings[:, 1], atol=1e-3)
     with pytest.raises(ValueError, match="divisible"):
         ABE("resnet10t", num_learners=3, embedding_dim=64)

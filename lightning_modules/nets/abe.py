@@ -79,12 +79,17 @@ class ABE(nn.Module):
         self.spatial, g, s_channels, g_channels = split_backbone(
             create_backbone(backbone, pretrained, weights_path), split_stage
         )
-        head = nn.Sequential(g, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(g_channels, self.learner_dim))
+        def head(stages: nn.Module) -> nn.Sequential:
+            return nn.Sequential(stages, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(g_channels, self.learner_dim))
+
         if ensemble == "attention":
-            self.embed = head
+            self.embed = head(g)
             self.attention = nn.ModuleList(nn.Conv2d(s_channels, s_channels, 1) for _ in range(num_learners))
         else:
-            self.heads = nn.ModuleList([head] + [copy.deepcopy(head) for _ in range(num_learners - 1)])
+            # Each head: a copy of G (the same pretrained weights, as in the paper's M-heads) and
+            # its own, independently initialised embedding layer. Identical heads would receive
+            # identical gradients and never become different learners.
+            self.heads = nn.ModuleList([head(g)] + [head(copy.deepcopy(g)) for _ in range(num_learners - 1)])
 
     def attention_masks(self, spatial: torch.Tensor) -> torch.Tensor:
         """(B, M, C, H, W) sigmoid masks of the M attention modules."""
