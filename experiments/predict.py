@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -85,8 +86,8 @@ def unlabeled_table(checkpoint: dict, dataset: Optional[str], data_dir: Optional
     if images is not None:
         table = image_folder_table(images)
         if encoder.dim:
-            print(f"warning: {images} gives no metadata; the model's {encoder.dim} metadata features are "
-                  "all encoded as missing")
+            warnings.warn(f"{images} gives no metadata; the model's {encoder.dim} metadata features are "
+                          "all encoded as missing", stacklevel=2)
         return table, encoder
     trained = checkpoint["datamodule_hyper_parameters"]
     table = read_unlabeled(dataset or trained["dataset"], data_dir or trained.get("data_dir"))
