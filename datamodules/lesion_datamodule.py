@@ -13,15 +13,17 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from sklearn.utils.class_weight import compute_class_weight
+from torch.utils.data import DataLoader, WeightedRandomSampler, default_collate
 
 from datamodules.dataset import LesionDataset, load_rgb
+from datamodules.description import DataDescription
 from datamodules.metadata import MetadataEncoder
 from datamodules.records import DatasetError, LesionRecord, LesionTable
 from datamodules.samplers import ClassBalancedBatchSampler
@@ -86,6 +88,7 @@ class LesionDataModule(L.LightningDataModule):
             raise ValueError(f"predict_split must be one of {(*SPLITS, 'all')}, got {predict_split!r}")
         self.save_hyperparameters()
         self.datasets: dict[str, LesionDataset] = {}
+        self._eval_datasets: dict[str, LesionDataset] = {}  # for eval_batch
 
     # -- records, splits and the metadata encoder (loaded once, on first use) -------------------
     @cached_property
@@ -129,9 +132,11 @@ class LesionDataModule(L.LightningDataModule):
 
     @property
     def class_weights(self) -> list[float]:
-        """``n / (K * n_c)`` on the training split: a class-frequency-weighted loss."""
-        counts = np.bincount([r.label for r in self.split_records["train"]], minlength=self.num_classes)
-        return [float(len(self.split_records["train"]) / (self.num_classes * c)) for c in counts]
+        """``n / (K * n_c)`` on the training split (scikit-learn's "balanced" weights): a
+        class-frequency-weighted loss."""
+        labels = [r.label for r in self.split_records["train"]]
+        weights = compute_class_weight("balanced", classes=np.arange(self.num_classes), y=labels)
+        return [float(w) for w in weights]
 
     def records(self, split: str) -> list[LesionRecord]:
         # "all" needs no split: predicting on a new dataset must not require a valid K-fold.
@@ -205,6 +210,26 @@ class LesionDataModule(L.LightningDataModule):
         transform = build_transforms(False, hp.image_size, hp.augment, hp.normalize_mean, hp.normalize_std)
         data = LesionDataset(records, encoder, transform, dataset, False, hp.image_size)
         return DataLoader(data, batch_size=hp.eval_batch_size or hp.batch_size, num_workers=hp.num_workers)
+
+    def eval_batch(self, split: str, indices: Sequence[int]) -> dict:
+        """Items ``indices`` of ``split`` with the evaluation transform, collated into one batch
+        (fixed images to draw attention on, a prototype's source image)."""
+        if split not in self._eval_datasets:
+            self._eval_datasets[split] = self.eval_dataloader(split).dataset
+        dataset = self._eval_datasets[split]
+        return default_collate([dataset[int(i)] for i in indices])
+
+    def describe(self) -> DataDescription:
+        """What models and callbacks may know about the data (see ``DataDescription``)."""
+        hp = self.hparams
+        return DataDescription(
+            dataset=hp.dataset,
+            class_names=tuple(self.class_names),
+            image_size=int(hp.image_size),
+            normalize_mean=tuple(float(v) for v in hp.normalize_mean),
+            normalize_std=tuple(float(v) for v in hp.normalize_std),
+            has_masks=bool(hp.load_masks) and all(r.mask_path is not None for r in self.records("train")),
+        )
 
     def group_ids(self, split: str) -> torch.Tensor:
         """An integer per record of ``split`` naming its patient/lesion group (for retrieval)."""

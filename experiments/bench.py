@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
     hp = datamodule.hparams
     result = {
         "config": args.config,
-        "backbone": module.hparams.get("backbone"),
+        "backbone": (cli.config.model.init_args.net.get("init_args") or {}).get("backbone"),
         "image_size": hp.image_size,
         "batch_size": hp.batch_size,
         "torch_threads": torch.get_num_threads(),

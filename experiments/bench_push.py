@@ -21,7 +21,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 
-from lightning_modules.analysis.push import PushSearch, brute_force_search  # noqa: E402
+from lightning_modules.protopnet.push import PushSearch, brute_force_search  # noqa: E402
 from lightning_modules.nets.protopnet import ProtoPNet  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def synthetic_batches(images: int, batch_size: int, image_size: int, num_classes
 
 def measure(num_classes: int, args) -> dict:
     torch.manual_seed(0)
-    net = ProtoPNet(args.backbone, num_classes, prototypes_per_class=10, prototype_dim=128).eval()
+    net = ProtoPNet(num_classes, backbone=args.backbone, prototypes_per_class=10, prototype_dim=128).eval()
     device = torch.device(args.device)
     net.to(device)
     batches = list(synthetic_batches(args.images, args.batch_size, args.image_size, num_classes))

@@ -13,6 +13,12 @@ Each run writes to its own folder ``runs/<run.name>/<timestamp>-s<seed>/``::
 Resuming (``--resume path/to/last.ckpt``) continues in the checkpoint's run folder with that
 run's own ``config.yaml`` (command-line overrides such as ``--trainer.max_epochs`` still apply;
 changing the data or its split is refused).
+
+The model is ``model.class_path`` (a :class:`~lightning_modules.modules.base.DermModule`) with its
+network in ``model.init_args.net``; a network option may be given short
+(``--model.init_args.backbone=...`` for ``--model.init_args.net.init_args.backbone=...``).
+``checkpoint`` (ModelCheckpoint) and ``early_stopping`` (EarlyStopping, ``null`` turns it off)
+are set in YAML; both watch the model's ``monitor`` unless told otherwise.
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.lesion_datamodule import LesionDataModule
 from experiments.loggers import make_csv_logger, make_wandb_logger
-from lightning_modules.atomic_io import AtomicCheckpointIO
+from experiments.net_options import expand_net_shorthands
 from lightning_modules.callbacks.attention_maps import AttentionMapLogger
 from lightning_modules.callbacks.evaluation_figures import EvaluationFigures
 from lightning_modules.callbacks.test_results import TestResultsWriter
-from lightning_modules.classifier import LesionClassifier
+from lightning_modules.modules.base import DermModule
+from lightning_modules.nets.backbones import normalisation_mismatch
+from lightning_modules.utils.atomic_io import AtomicCheckpointIO
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 BASE_CONFIG = EXPERIMENTS_DIR / "base.yaml"
@@ -52,6 +60,7 @@ class SaveRunConfig(SaveConfigCallback):
         config = config.clone()
         config.resume = None
         config.run.dir = None
+        config.checkpoint.dirpath = None  # a re-run writes into its own run folder
         super().__init__(parser, config, *args, **kwargs)
 
 
@@ -62,8 +71,9 @@ class DermCLI(LightningCLI):
         self.resumed_config = resumed_run_config(args)
         if self.resumed_config is not None:  # the run's own settings, then the new overrides
             args = with_run_config(args, self.resumed_config)
+        args = expand_net_shorthands(args, [BASE_CONFIG])
         super().__init__(
-            LesionClassifier,
+            DermModule,
             LesionDataModule,
             subclass_mode_model=True,
             save_config_callback=SaveRunConfig,
@@ -83,52 +93,67 @@ class DermCLI(LightningCLI):
                             help="exact (new) run folder, e.g. for multi-node jobs")
         parser.add_argument("--run.wandb", type=bool, default=True, help="log to Weights & Biases")
         parser.add_argument("--run.wandb_project", type=str, default="dermattn")
-        parser.add_argument("--run.patience", type=Optional[int], default=15, help="early stopping; null: off")
         parser.add_argument("--run.test", type=bool, default=True, help="test the best checkpoint after fit")
         parser.add_argument("--resume", type=Optional[str], default=None, help="last.ckpt to continue from")
         for name in ("num_classes", "meta_dim", "class_names", "class_weights"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+        # Added as plain groups (not LightningCLI callback keys): instantiate_trainer adds them.
+        parser.add_class_arguments(ModelCheckpoint, "checkpoint", fail_untyped=False, instantiate=True,
+                                   sub_configs=True)  # fmt: skip
+        parser.add_subclass_arguments(EarlyStopping, "early_stopping", required=False, fail_untyped=False)
 
     def before_instantiate_classes(self) -> None:
         config = self.config
         if self.resumed_config is not None:
             check_same_data(self.resumed_config, config)
-        if config.data.balanced_sampler and config.model.init_args.get("weighted_loss", False):
+        model = config.model.init_args
+        if config.data.balanced_sampler and model.get("weighted_loss", False):
             rank_zero_warn("balanced_sampler and weighted_loss both correct the class imbalance; "
                            "set --model.init_args.weighted_loss=false to correct it once")
+        warn_normalisation_mismatch(model.net.get("init_args") or {}, config.data)
         self.run_dir = resolve_run_dir(config.run.root, config.run.name, config.run.dir, config.resume,
                                        config.seed_everything)
         os.environ[RUN_DIR_ENV] = str(self.run_dir)
         config.trainer.default_root_dir = str(self.run_dir)
+        config.checkpoint.dirpath = config.checkpoint.dirpath or str(self.run_dir / "checkpoints")
+        watching = [config.checkpoint] + ([config.early_stopping.init_args] if config.early_stopping else [])
+        for callback in watching:  # `monitor: auto` is the model's own metric; the mode follows it
+            if callback.monitor == "auto":
+                callback.monitor = model.get("monitor") or "val/auroc"
+            if callback.monitor:
+                callback.mode = "min" if "loss" in callback.monitor else "max"
 
     def instantiate_trainer(self, **kwargs):
         run, run_dir = self.config.run, self.run_dir
-        monitor = self.model.hparams.get("monitor", "val/auroc")
-        mode = "min" if "loss" in monitor else "max"
         loggers = [make_csv_logger(run_dir)]
         if run.wandb:
             loggers.append(make_wandb_logger(run_dir, run.name, run.wandb_project))
         callbacks = list(self.config_init.trainer.get("callbacks") or [])
-        for callback in callbacks:  # e.g. the prototype push: its pictures go to the run folder
-            if getattr(callback, "uses_run_dir", False) and getattr(callback, "dirpath", None) is None:
-                callback.dirpath = str(run_dir)
         callbacks += [
-            ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best-epoch{epoch:03d}",
-                            auto_insert_metric_name=False, monitor=monitor, mode=mode, save_top_k=1,
-                            save_last=True),
+            self.config_init.checkpoint,
             LearningRateMonitor(logging_interval="epoch"),
-            EvaluationFigures(dirpath=str(run_dir)),
-            AttentionMapLogger(dirpath=str(run_dir)),  # no-op for models without attention maps
+            EvaluationFigures(),
+            AttentionMapLogger(),  # no-op for models without attention maps
             TestResultsWriter(str(run_dir), extra={"experiment": run.name, "run_dir": str(run_dir),
                                                    "data": self.datamodule.summary()}),
         ]  # fmt: skip
-        if run.patience is not None:
-            callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=run.patience))
+        if self.config_init.early_stopping is not None:
+            callbacks.append(self.config_init.early_stopping)
         plugins = self.config_init.trainer.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         return super().instantiate_trainer(logger=loggers, callbacks=callbacks, plugins=plugins, **kwargs)
+
+
+def warn_normalisation_mismatch(net_args, data) -> None:
+    """Pretrained features expect the normalisation they were trained with; a mismatch trains fine
+    but wastes the pretraining, so say so before the first epoch."""
+    backbone = net_args.get("backbone")
+    if backbone and (net_args.get("pretrained") or net_args.get("weights_path")):
+        problem = normalisation_mismatch(backbone, data.normalize_mean, data.normalize_std)
+        if problem:
+            rank_zero_warn(problem)
 
 
 def resumed_run_config(args: Sequence[str]) -> Optional[Path]:

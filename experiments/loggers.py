@@ -11,7 +11,7 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from lightning_modules.atomic_io import atomic_write
+from lightning_modules.utils.atomic_io import atomic_write
 
 
 class _AppendingWriter(ExperimentWriter):

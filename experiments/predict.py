@@ -11,14 +11,14 @@ so a fusion model sees them with every field missing (a warning says so).
 
 The checkpoint is loaded with ``torch.load(weights_only=True)``: it holds tensors and plain
 values only (no pickled classes). It carries everything needed to predict: the module class
-name and its hyper-parameters, the datamodule's settings, and the metadata encoder fitted on the
-training split, which is reused as is, never refitted on the new data.
+and its configuration (the network's among it; ``lightning_modules.modules.loading``), the
+datamodule's settings, and the metadata encoder fitted on the training split, which is reused as
+is, never refitted on the new data.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import warnings
 from pathlib import Path
@@ -36,26 +36,8 @@ from datamodules.records import UNLABELED, DatasetError, LesionTable  # noqa: E4
 from datamodules.sources import read_unlabeled  # noqa: E402
 from datamodules.sources.reading import image_folder_table  # noqa: E402
 from lightning_modules.callbacks.test_results import write_predictions  # noqa: E402
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def build_module(checkpoint: dict) -> L.LightningModule:
-    """The trained module, rebuilt from the checkpoint's class name and hyper-parameters."""
-    module_path, _, class_name = checkpoint["dermattn_module"].rpartition(".")
-    cls = getattr(importlib.import_module(module_path), class_name)
-    # LightningCLI adds bookkeeping keys such as `_class_path`; they are not arguments.
-    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
-    if "pretrained" in hparams:  # the weights come from the checkpoint, not from a download
-        hparams["pretrained"], hparams["weights_path"] = False, None
-    module = cls(**hparams)
-    module.load_state_dict(checkpoint["state_dict"])
-    return module.eval()
+from lightning_modules.contracts import PredictsClasses  # noqa: E402
+from lightning_modules.modules.loading import load_module, read_checkpoint  # noqa: E402
 
 
 def build_datamodule(checkpoint: dict, dataset: Optional[str], data_dir: Optional[str], split: str,
@@ -100,8 +82,11 @@ def unlabeled_table(checkpoint: dict, dataset: Optional[str], data_dir: Optional
 def predict(ckpt: str, dataset: Optional[str] = None, data_dir: Optional[str] = None, split: str = "all",
             out: Optional[str] = None, batch_size: Optional[int] = None, num_workers: Optional[int] = None,
             accelerator: str = "auto", images: Optional[str] = None) -> Path:
-    checkpoint = load_checkpoint(ckpt)
-    module = build_module(checkpoint)
+    checkpoint = read_checkpoint(ckpt)
+    module = load_module(ckpt)
+    if not isinstance(module, PredictsClasses):
+        raise ValueError(f"{type(module).__name__} embeds images rather than classifying them: "
+                         "use `python -m experiments.retrieve` for nearest training lesions")
     trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
                         enable_model_summary=False)
     if images is not None or split == "unlabeled":
@@ -114,9 +99,6 @@ def predict(ckpt: str, dataset: Optional[str] = None, data_dir: Optional[str] = 
         datamodule = build_datamodule(checkpoint, dataset, data_dir, split, batch_size, num_workers)
         records, source = datamodule.records(split), datamodule.hparams.dataset
         outputs = trainer.predict(module, datamodule=datamodule)
-    if "probs" not in outputs[0]:
-        raise ValueError(f"{type(module).__name__} embeds images rather than classifying them: "
-                         "use `python -m experiments.retrieve` for nearest training lesions")
     index = torch.cat([o["index"] for o in outputs]).numpy()
     probs = torch.cat([o["probs"] for o in outputs]).numpy()
     if out is None:

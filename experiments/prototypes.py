@@ -26,22 +26,23 @@ import torch  # noqa: E402
 
 from datamodules.dataset import load_rgb  # noqa: E402
 from datamodules.transforms import build_transforms  # noqa: E402
-from experiments.predict import build_datamodule, build_module, load_checkpoint  # noqa: E402
-from lightning_modules.analysis.attack import prototype_attack  # noqa: E402
-from lightning_modules.analysis.prototype_analysis import (  # noqa: E402
+from experiments.predict import build_datamodule  # noqa: E402
+from lightning_modules.modules.loading import load_module, read_checkpoint  # noqa: E402
+from lightning_modules.protopnet.attack import prototype_attack  # noqa: E402
+from lightning_modules.protopnet.analysis import (  # noqa: E402
     attack_figure,
     local_analysis,
     nearest_patches,
     push_record,
     region_mask,
 )
-from lightning_modules.atomic_io import write_json, write_png  # noqa: E402
-from lightning_modules.callbacks.attention_maps import denormalise  # noqa: E402
+from lightning_modules.utils.atomic_io import write_json, write_png  # noqa: E402
+from lightning_modules.utils.images import denormalise  # noqa: E402
 
 
 def load(ckpt: str):
-    checkpoint = load_checkpoint(ckpt)
-    module = build_module(checkpoint)
+    checkpoint = read_checkpoint(ckpt)
+    module = load_module(ckpt)
     datamodule = build_datamodule(checkpoint, None, None, "train", num_workers=0)
     return checkpoint, module, datamodule
 

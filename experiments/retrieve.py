@@ -24,9 +24,11 @@ import torch  # noqa: E402
 
 from datamodules.dataset import load_rgb  # noqa: E402
 from datamodules.transforms import build_transforms  # noqa: E402
-from experiments.predict import build_datamodule, build_module, load_checkpoint  # noqa: E402
-from lightning_modules.atomic_io import write_png  # noqa: E402
-from lightning_modules.plots import _to_array  # noqa: E402
+from experiments.predict import build_datamodule  # noqa: E402
+from lightning_modules.contracts import EmbeddingNet  # noqa: E402
+from lightning_modules.modules.loading import load_module, read_checkpoint  # noqa: E402
+from lightning_modules.utils.atomic_io import write_png  # noqa: E402
+from lightning_modules.utils.plots import figure_to_array  # noqa: E402
 
 
 @torch.no_grad()
@@ -36,8 +38,11 @@ def embed_training_images(module, datamodule) -> torch.Tensor:
 
 @torch.no_grad()
 def retrieve(ckpt: str, image: str, k: int = 5, out: Optional[str] = None) -> list[dict]:
-    checkpoint = load_checkpoint(ckpt)
-    module = build_module(checkpoint)
+    checkpoint = read_checkpoint(ckpt)
+    module = load_module(ckpt)
+    if not isinstance(module.net, EmbeddingNet):
+        raise ValueError(f"{ckpt}: {type(module.net).__name__} does not embed images; retrieval needs an "
+                         "embedding model (experiments/abe.yaml)")
     datamodule = build_datamodule(checkpoint, None, None, "train", num_workers=0)
     hp = datamodule.hparams
     query_pixels = load_rgb(Path(image))
@@ -64,7 +69,7 @@ def render(query: np.ndarray, neighbours: list[dict], path: Path) -> Path:
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    write_png(path, _to_array(fig))
+    write_png(path, figure_to_array(fig))
     return path
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from lightning_modules.atomic_io import atomic_write, write_json
+from lightning_modules.utils.atomic_io import atomic_write, write_json
 
 METRICS = ("auroc", "bacc", "acc")
 

@@ -1,4 +1,4 @@
-"""Write tiny but format-exact fake copies of the four public datasets (see reference/datasets.md).
+"""Write tiny but format-exact fake copies of the four public datasets (see docs/datasets.md).
 
 Plain helpers (not tests). Every writer is deterministic, writes small random-colour images and
 returns a :class:`FakeDataset` with the rows it wrote (dicts of the exact CSV strings, in file

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from datamodules.samplers import ClassBalancedBatchSampler
-from lightning_modules.losses import contrastive_loss, divergence_loss
+from lightning_modules.training.losses import contrastive_loss, divergence_loss
 from lightning_modules.nets.abe import ABE, split_backbone
-from lightning_modules.backbones import create_backbone
-from lightning_modules.retrieval import knn_probabilities, recall_at_k
+from lightning_modules.nets.backbones import create_backbone
+from lightning_modules.metrics.retrieval import knn_probabilities, recall_at_k
 
 
 def test_contrastive_loss_by_hand():
@@ -127,13 +127,13 @@ def test_split_backbone_reproduces_the_backbone(backbone):
 
 def test_abe_learners_and_heads():
     torch.manual_seed(0)
-    net = ABE("resnet10t", num_learners=4, embedding_dim=64).eval()
-    emb, maps = net(torch.randn(3, 3, 64, 64), return_attention=True)
+    net = ABE(backbone="resnet10t", num_learners=4, embedding_dim=64).eval()
+    emb, maps = net.forward_with_attention(torch.randn(3, 3, 64, 64))
     assert emb.shape == (3, 4, 16)
     assert torch.allclose(emb.norm(dim=-1), torch.ones(3, 4), atol=1e-5)
     assert set(maps) == {f"learner{m}" for m in range(4)} and maps["learner0"].shape == (3, 4, 4)
     assert not torch.allclose(emb[:, 0], emb[:, 1])  # different attention modules, different learners
-    heads = ABE("resnet10t", num_learners=4, embedding_dim=64, ensemble="heads")
+    heads = ABE(backbone="resnet10t", num_learners=4, embedding_dim=64, ensemble="heads")
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(heads) > 2 * count(net)  # M-heads copies G; ABE-M shares it
 
@@ -142,7 +142,7 @@ def test_m_heads_are_different_learners():
     """Each head copies G but owns an independently initialised embedding layer: identical heads
     would get identical gradients and stay one learner M times (a bug this guards against)."""
     torch.manual_seed(0)
-    heads = ABE("resnet10t", num_learners=3, embedding_dim=48, ensemble="heads")
+    heads = ABE(backbone="resnet10t", num_learners=3, embedding_dim=48, ensemble="heads")
     first, second = heads.heads[0], heads.heads[1]
     assert all(torch.equal(a, b) for a, b in zip(first[0].parameters(), second[0].parameters()))  # G copied
     assert not torch.equal(first[-1].weight, second[-1].weight)  # own embedding layers
@@ -158,4 +158,4 @@ def test_m_heads_are_different_learners():
     embeddings = heads(images)
     assert not torch.allclose(embeddings[:, 0], embeddings[:, 1], atol=1e-3)
     with pytest.raises(ValueError, match="divisible"):
-        ABE("resnet10t", num_learners=3, embedding_dim=64)
+        ABE(backbone="resnet10t", num_learners=3, embedding_dim=64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.analysis.attack import prototype_attack
+from lightning_modules.protopnet.attack import prototype_attack
 from lightning_modules.nets.protopnet import ProtoPNet
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -21,7 +21,7 @@ def setup():
     top-left quadrant (in the receptive field of every cell, as for any deep CNN). Prototype 2 is
     set, as a push would, to the latent patch at cell (1, 0) of *another* image."""
     torch.manual_seed(0)
-    net = ProtoPNet("test_resnet", num_classes=3, prototypes_per_class=2, prototype_dim=16)
+    net = ProtoPNet(3, backbone="test_resnet", prototypes_per_class=2, prototype_dim=16)
     pixels = torch.rand(1, 3, 64, 64)
     image = normalise(pixels)
     with torch.no_grad():

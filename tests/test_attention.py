@@ -7,10 +7,21 @@ import torch
 from torch import nn
 
 from lightning_modules.analysis.gradcam import grad_cam
-from lightning_modules.attention import ExposesAttention, LesionMass, lesion_mass, normalise, upsample
-from lightning_modules.attention_module import AttnVGGModule, SoftAttentionModule, mask_dice_loss
+from lightning_modules.contracts import AttentionNet, EmbeddingNet, GradCamNet, PrototypeNet
+from lightning_modules.metrics.lesion_mass import LesionMass, lesion_mass
+from lightning_modules.modules.classifier import LesionClassifier, mask_dice_loss
+from lightning_modules.nets.abe import ABE
 from lightning_modules.nets.attn_vgg import AttentionBlock, AttnVGG
-from lightning_modules.nets.soft_attention import ConcatScore, DotScore, GeneralScore, SoftAttention
+from lightning_modules.nets.fusion_classifier import FusionClassifier
+from lightning_modules.nets.protopnet import ProtoPNet
+from lightning_modules.nets.soft_attention import (
+    ConcatScore,
+    DotScore,
+    GeneralScore,
+    SoftAttention,
+    SoftAttentionClassifier,
+)
+from lightning_modules.utils.images import normalise, upsample
 
 QUERY = torch.tensor([[1.0, 2.0]])
 CELLS = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])  # 3 cells of 2 channels
@@ -69,7 +80,7 @@ def test_attention_block_softmax_and_sigmoid():
                                            ("vgg11_bn", 64)])
 def test_attn_vgg_shapes_for_backbones_and_sizes(backbone, size):
     net = AttnVGG(num_classes=3, backbone=backbone).eval()
-    logits, maps = net(torch.randn(1, 3, size, size), return_attention=True)  # a batch of one
+    logits, maps = net.forward_with_attention(torch.randn(1, 3, size, size))  # a batch of one
     assert logits.shape == (1, 3)
     assert set(maps) == {"attn1", "attn2"}
     h1, h2 = maps["attn1"].shape[-1], maps["attn2"].shape[-1]
@@ -92,7 +103,7 @@ def test_gradcam_lies_on_the_grid_of_the_finest_attention_map(backbone):
     or its lesion mass is scored at twice the attention's resolution."""
     net = AttnVGG(num_classes=3, backbone=backbone).eval()
     image = torch.randn(2, 3, 64, 64)
-    _, maps = net(image, return_attention=True)
+    _, maps = net.forward_with_attention(image)
     layer, select = net.gradcam_target
     cam = grad_cam(lambda x, m: net(x), layer, image, None, select=select)
     assert cam.shape == maps["attn1"].shape
@@ -155,17 +166,37 @@ def test_grad_cam_by_hand_and_hooks_released():
     assert not model.features._forward_hooks
 
 
-def test_modules_expose_attention():
-    attn = AttnVGGModule(backbone="resnet10t", num_classes=3, meta_dim=4)
-    soft = SoftAttentionModule(backbone="resnet10t", num_classes=3, meta_dim=4, feature_stage=-2)
-    assert isinstance(attn, ExposesAttention) and isinstance(soft, ExposesAttention)
-    maps = soft.attention_maps(torch.randn(2, 3, 64, 64), torch.randn(2, 4))
-    assert maps["soft"].shape == (2, 4, 4)
-    assert attn.hparams.loss == "focal"
+def test_networks_declare_their_capabilities():
+    """Each network offers exactly the capabilities its callbacks and tools look for."""
+    attn = AttnVGG(3, 4, backbone="resnet10t")
+    soft = SoftAttentionClassifier(3, 4, backbone="resnet10t", feature_stage=-2)
+    fusion = FusionClassifier(3, 4, backbone="resnet10t")
+    abe = ABE(3, 4, backbone="resnet10t", num_learners=2, embedding_dim=16)
+    protopnet = ProtoPNet(3, 4, backbone="resnet10t", prototypes_per_class=1, prototype_dim=8)
+    offers = lambda net: {p.__name__ for p in (AttentionNet, GradCamNet, EmbeddingNet, PrototypeNet)  # noqa: E731
+                          if isinstance(net, p)}
+    assert offers(attn) == offers(soft) == {"AttentionNet", "GradCamNet"}
+    assert offers(fusion) == set()
+    assert offers(abe) == {"AttentionNet", "EmbeddingNet"}
+    assert offers(protopnet) == {"AttentionNet", "PrototypeNet"}
+    assert attn.attention_names == ("attn1", "attn2") and soft.attention_names == ("soft",)
+    logits, maps = soft.forward_with_attention(torch.randn(2, 3, 64, 64), torch.randn(2, 4))
+    assert logits.shape == (2, 3) and maps["soft"].shape == (2, 4, 4)
+
+
+def test_soft_attention_query_follows_the_metadata():
     with pytest.raises(ValueError, match="learned"):
-        SoftAttentionModule(backbone="resnet10t", num_classes=3, meta_dim=0, query="metadata")
-    learned = SoftAttentionModule(backbone="resnet10t", num_classes=3, meta_dim=0)
-    assert learned.net.query_kind == "learned"
+        SoftAttentionClassifier(3, 0, backbone="resnet10t", query="metadata")
+    assert SoftAttentionClassifier(3, 0, backbone="resnet10t").query_kind == "learned"
+    assert SoftAttentionClassifier(3, 5, backbone="resnet10t").query_kind == "metadata"
+
+
+def test_mask_regulariser_needs_a_network_with_attention():
+    from functools import partial
+
+    with pytest.raises(ValueError, match="needs a network with attention maps; FusionClassifier has none"):
+        LesionClassifier(net=partial(FusionClassifier, backbone="test_resnet"), num_classes=3, meta_dim=2,
+                         mask_loss_weight=0.01)  # fmt: skip
 
 
 def test_an_empty_map_scores_like_a_uniform_one():

@@ -62,6 +62,9 @@ def test_run_folder_layout(short_run):
     assert short_run.parent.name == "metablock"
     config = (short_run / "config.yaml").read_text()
     assert "fusion: metablock" in config and "max_epochs: 2" in config
+    saved = yaml.safe_load(config)
+    assert saved["checkpoint"]["dirpath"] is None  # a re-run of config.yaml writes its own folder
+    assert saved["checkpoint"]["monitor"] == "val/auroc" and saved["early_stopping"]["init_args"]["patience"] == 15
 
 
 def test_metrics_json_and_predictions_agree(short_run):
@@ -117,6 +120,33 @@ def test_checkpoint_is_weights_only_and_carries_the_encoder(short_run):
     assert ckpt["hyper_parameters"]["meta_dim"] == len(state["feature_names"])
 
 
+def test_checkpoint_rebuilds_through_lightning(short_run):
+    """LightningCLI stored the module's class and config, the network's among it: Lightning's
+    ``load_from_checkpoint`` (weights only) rebuilds the same module without our help."""
+    from lightning_modules.modules.classifier import LesionClassifier
+    from lightning_modules.nets.fusion_classifier import FusionClassifier
+
+    best = next((short_run / "checkpoints").glob("best-epoch*.ckpt"))
+    hparams = torch.load(best, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert hparams["_class_path"] == "lightning_modules.modules.classifier.LesionClassifier"
+    assert hparams["net"]["class_path"] == "lightning_modules.nets.fusion_classifier.FusionClassifier"
+    assert hparams["net"]["init_args"]["fusion"] == "metablock"
+    module = LesionClassifier.load_from_checkpoint(best, map_location="cpu", weights_only=True)
+    assert isinstance(module.net, FusionClassifier) and module.class_names == ["ACK", "BCC", "MEL", "NEV", "SCC", "SEK"]
+
+
+def test_load_module_refuses_what_is_not_a_training_checkpoint(tmp_path):
+    from lightning_modules.modules.loading import load_module
+
+    path = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"lr": 0.1}}, path)
+    with pytest.raises(ValueError, match="other.ckpt: not a checkpoint of a dermattn training run"):
+        load_module(path)
+    torch.save({"state_dict": {}, "hyper_parameters": {"_class_path": "collections.OrderedDict", "net": {}}}, path)
+    with pytest.raises(ValueError, match="'collections.OrderedDict' is not a dermattn module"):
+        load_module(path)
+
+
 def test_predict_reproduces_test_predictions(short_run, tmp_path):
     from experiments.predict import predict
 
@@ -140,7 +170,8 @@ def test_predict_a_folder_of_new_images(short_run, tmp_path):
     from datamodules.metadata import MetadataEncoder
     from datamodules.synthetic import MASK_FOLDER
     from datamodules.transforms import build_transforms
-    from experiments.predict import build_module, load_checkpoint, predict
+    from experiments.predict import predict
+    from lightning_modules.modules.loading import load_module, read_checkpoint
 
     logged = list(csv.DictReader(open(short_run / "predictions.csv")))[:3]
     config = yaml.safe_load((short_run / "config.yaml").read_text())["data"]
@@ -157,8 +188,8 @@ def test_predict_a_folder_of_new_images(short_run, tmp_path):
     assert [r["image_id"] for r in rows] == ["visit0", "visit1", "visit2"]
     assert "label" not in rows[0]
 
-    checkpoint = load_checkpoint(best)
-    module = build_module(checkpoint)
+    checkpoint = read_checkpoint(best)
+    module = load_module(best)
     encoder = MetadataEncoder.from_state_dict(checkpoint["LesionDataModule"]["encoder"])
     hp = checkpoint["datamodule_hyper_parameters"]
     transform = build_transforms(False, hp["image_size"], hp["augment"], hp["normalize_mean"], hp["normalize_std"])
@@ -187,7 +218,7 @@ def test_predict_unlabeled_test_set_checks_the_models_columns(short_run, tmp_pat
 
 def test_trainer_writes_checkpoints_atomically(tmp_path, synthetic_cache):
     from experiments.cli import DermCLI
-    from lightning_modules.atomic_io import AtomicCheckpointIO
+    from lightning_modules.utils.atomic_io import AtomicCheckpointIO
 
     cli = DermCLI(args=quick_args(REPO / "experiments" / "metablock.yaml", tmp_path, synthetic_cache, "--run.wandb=false"))
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)

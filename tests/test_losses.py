@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.losses import FocalLoss, classification_loss
+from lightning_modules.training.losses import FocalLoss, classification_loss
 
 
 def test_focal_loss_against_direct_formula():

@@ -1,4 +1,4 @@
-"""MetaBlock against hand computation, and the seed post's reshape bug it must not have."""
+"""MetaBlock against hand computation, and a public re-implementation's reshape bug it must not have."""
 
 import math
 
@@ -39,7 +39,7 @@ def test_metablock_matches_hand_computation_on_a_feature_map():
 
 def test_metablock_broadcasts_per_sample_and_channel():
     torch.manual_seed(0)
-    batch, channels, meta_dim = 3, 5, 4  # batch != channels: the seed's reshape would mix them up
+    batch, channels, meta_dim = 3, 5, 4  # batch != channels: a (W, H, k, B) reshape would mix them up
     block = MetaBlock(meta_dim, channels, batch_norm=False)
     x = torch.randn(batch, channels, 2, 3)
     meta = torch.randn(batch, meta_dim)
@@ -51,18 +51,18 @@ def test_metablock_broadcasts_per_sample_and_channel():
             assert torch.allclose(out[b, c], ref, atol=1e-6)
 
 
-def test_seed_reshape_scrambles_samples_but_broadcasting_does_not():
+def test_axis_reshape_scrambles_samples_but_broadcasting_does_not():
     torch.manual_seed(1)
     batch, channels = 2, 3
     block = MetaBlock(4, channels, batch_norm=False)
     x = torch.randn(batch, channels, 2, 2)
     meta = torch.randn(batch, 4)
     f, g = block.f_b(meta), block.g_b(meta)
-    # The seed post: reshape x to (W, H, k, B) and f, g to (k, B), multiply, reshape back.
+    # The buggy public version: reshape x to (W, H, k, B) and f, g to (k, B), multiply, reshape back.
     xr = x.reshape(x.shape[3], x.shape[2], x.shape[1], x.shape[0])
-    seed = torch.sigmoid(torch.tanh(f.reshape(channels, batch) * xr) + g.reshape(channels, batch))
-    seed = seed.reshape(batch, channels, 2, 2)
-    assert not torch.allclose(seed, block(x, meta))
+    reshaped = torch.sigmoid(torch.tanh(f.reshape(channels, batch) * xr) + g.reshape(channels, batch))
+    reshaped = reshaped.reshape(batch, channels, 2, 2)
+    assert not torch.allclose(reshaped, block(x, meta))
 
 
 def test_metablock_on_pooled_vectors_and_with_batchnorm():

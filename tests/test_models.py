@@ -1,13 +1,18 @@
 """Backbones, the fusion classifier's three switches, schedules, and checkpoint safety."""
 
+from functools import partial
+
+import lightning
 import pytest
 import timm
 import torch
 
-from lightning_modules.backbones import create_backbone, feature_channels, feature_shapes
-from lightning_modules.fusion_module import FusionModule
+from lightning_modules.modules.classifier import LesionClassifier
+from lightning_modules.nets.backbones import create_backbone, feature_channels, feature_shapes
 from lightning_modules.nets.fusion_classifier import FusionClassifier
-from lightning_modules.schedules import WarmupCosine
+from lightning_modules.training.schedules import WarmupCosine
+
+FUSION = partial(FusionClassifier, backbone="test_resnet")
 
 
 @pytest.mark.parametrize("name", ["resnet10t", "test_efficientnet", "test_convnext"])
@@ -34,22 +39,22 @@ def test_fusion_switches():
     image, meta = torch.randn(3, 3, 32, 32), torch.randn(3, 7)
     other_meta = torch.randn(3, 7)
     for fusion in ("none", "concat", "metablock"):
-        net = FusionClassifier("test_resnet", num_classes=4, meta_dim=7, fusion=fusion).eval()
+        net = FusionClassifier(4, 7, backbone="test_resnet", fusion=fusion).eval()
         with torch.no_grad():
             a, b = net(image, meta), net(image, other_meta)
         assert a.shape == (3, 4)
         # image-only ignores the metadata; both fusions use it
         assert torch.allclose(a, b) == (fusion == "none"), fusion
-    concat = FusionClassifier("test_resnet", 4, meta_dim=7, fusion="concat")
+    concat = FusionClassifier(4, 7, backbone="test_resnet", fusion="concat")
     assert concat.classifier.in_features == feature_channels(concat.backbone)[-1] + 7
     with pytest.raises(ValueError, match="needs metadata"):
-        FusionClassifier("test_resnet", 4, meta_dim=0, fusion="metablock")
+        FusionClassifier(4, 0, backbone="test_resnet", fusion="metablock")
     with pytest.raises(ValueError, match="fusion must be"):
-        FusionClassifier("test_resnet", 4, meta_dim=3, fusion="gate")
+        FusionClassifier(4, 3, backbone="test_resnet", fusion="gate")
 
 
 def test_reducer_and_batch_of_one():
-    net = FusionClassifier("test_resnet", 3, meta_dim=2, fusion="metablock", reducer_dim=16).eval()
+    net = FusionClassifier(3, 2, backbone="test_resnet", fusion="metablock", reducer_dim=16).eval()
     assert net(torch.randn(1, 3, 40, 40), torch.randn(1, 2)).shape == (1, 3)
 
 
@@ -65,17 +70,19 @@ def test_warmup_cosine_schedule_values():
     assert lrs == pytest.approx([0.5, 1.0, 0.8535534, 0.5, 0.1464466], abs=1e-6)
 
 
-def test_checkpoint_loads_weights_only(tmp_path):
-    module = FusionModule(backbone="test_resnet", num_classes=3, meta_dim=4, class_names=["a", "b", "c"],
-                          class_weights=[1.0, 2.0, 3.0])
-    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
-    module.on_save_checkpoint(checkpoint)
+def test_hand_built_module_checkpoint_is_weights_only(tmp_path):
+    """A module built in Python (the network a callable) saves plain values only; Lightning's
+    ``load_from_checkpoint`` rebuilds it when given the network again. (Runs of the CLI store the
+    network's config too: ``test_experiments`` loads those without it.)"""
+    module = LesionClassifier(net=FUSION, num_classes=3, meta_dim=4, class_names=["a", "b", "c"],
+                              class_weights=[1.0, 2.0, 3.0])
+    assert "net" not in module.hparams and module.hparams.class_weights == [1.0, 2.0, 3.0]
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                  "pytorch-lightning_version": lightning.__version__}  # fmt: skip
     path = tmp_path / "m.ckpt"
     torch.save(checkpoint, path)
-    loaded = torch.load(path, weights_only=True)
-    assert loaded["dermattn_module"] == "lightning_modules.fusion_module.FusionModule"
-    rebuilt = FusionModule(**loaded["hyper_parameters"])
-    rebuilt.load_state_dict(loaded["state_dict"])
+    torch.load(path, weights_only=True)
+    rebuilt = LesionClassifier.load_from_checkpoint(path, weights_only=True, net=FUSION)
     x, m = torch.randn(2, 3, 32, 32), torch.randn(2, 4)
     assert torch.allclose(rebuilt.eval()(x, m), module.eval()(x, m))
 
@@ -98,10 +105,8 @@ def test_warmup_cosine_follows_a_longer_resumed_run():
 
 
 def test_plateau_scheduler_must_match_the_monitor():
-    from functools import partial
-
-    module = FusionModule(backbone="test_resnet", num_classes=3, meta_dim=2,
-                          scheduler=partial(torch.optim.lr_scheduler.ReduceLROnPlateau, factor=0.1))
+    module = LesionClassifier(net=FUSION, num_classes=3, meta_dim=2,
+                              scheduler=partial(torch.optim.lr_scheduler.ReduceLROnPlateau, factor=0.1))
     with pytest.raises(ValueError, match="mode: max"):
         module.configure_optimizers()
     module.scheduler_factory = partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode="max")
@@ -111,7 +116,7 @@ def test_plateau_scheduler_must_match_the_monitor():
 
 def test_normalisation_mismatch_with_the_pretrained_weights():
     from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from lightning_modules.backbones import normalisation_mismatch
+    from lightning_modules.nets.backbones import normalisation_mismatch
 
     assert normalisation_mismatch("resnet10t", IMAGENET_MEAN, IMAGENET_STD) is None
     message = normalisation_mismatch("inception_v3.tf_in1k", IMAGENET_MEAN, IMAGENET_STD)
@@ -119,20 +124,19 @@ def test_normalisation_mismatch_with_the_pretrained_weights():
     assert normalisation_mismatch("inception_v3.tf_in1k", (0.5,) * 3, (0.5,) * 3) is None
 
 
-def test_pretrained_backbone_with_other_normalisation_warns_at_fit(tmp_path):
-    """The check runs in ``setup("fit")`` with the datamodule's settings (weights from a local file)."""
+def test_pretrained_backbone_with_other_normalisation_warns_at_start(tmp_path, synthetic_cache):
+    """The CLI compares the network's pretrained backbone with the data's normalisation before
+    training (weights from a local file; the short option name reaches the network)."""
     from safetensors.torch import save_file
+
+    from experiments.cli import DermCLI
+    from tests.test_experiments import REPO, quick_args
 
     weights = tmp_path / "resnet10t.safetensors"
     save_file(timm.create_model("resnet10t").state_dict(), str(weights))
-    module = FusionModule(backbone="resnet10t", weights_path=str(weights), num_classes=2, meta_dim=0, fusion="none")
-
-    class Data:
-        hparams = {"normalize_mean": (0.5, 0.5, 0.5), "normalize_std": (0.5, 0.5, 0.5)}
-
-    class Trainer:
-        datamodule = Data()
-
-    module._trainer = Trainer()
+    args = quick_args(REPO / "experiments" / "metablock.yaml", tmp_path, synthetic_cache, "--run.wandb=false",
+                      f"--model.init_args.weights_path={weights}", "--data.normalize_mean=[0.5, 0.5, 0.5]",
+                      "--data.normalize_std=[0.5, 0.5, 0.5]")  # fmt: skip
     with pytest.warns(UserWarning, match="backbone resnet10t was pretrained .* mean \\[0.485"):
-        module.setup("fit")
+        cli = DermCLI(args=args)
+    assert cli.config.model.init_args.net.init_args.weights_path == str(weights)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.backbones import feature_shapes
-from lightning_modules.losses import (
+from lightning_modules.nets.backbones import feature_shapes
+from lightning_modules.training.losses import (
     avg_separation_cost,
     cluster_cost,
     last_layer_l1,
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def net() -> ProtoPNet:
     torch.manual_seed(0)
-    return ProtoPNet("test_resnet", num_classes=3, prototypes_per_class=2, prototype_dim=4)
+    return ProtoPNet(3, backbone="test_resnet", prototypes_per_class=2, prototype_dim=4)
 
 
 def test_prototypes_classes_and_last_layer(net):
@@ -92,7 +92,7 @@ def test_forward_chains_min_pooling_similarity_and_last_layer(net):
 
 @pytest.mark.parametrize("backbone", ["test_resnet", "test_efficientnet", "test_convnext"])
 def test_any_backbone_size_and_batch_of_one(backbone):
-    model = ProtoPNet(backbone, num_classes=2, prototypes_per_class=3, prototype_dim=8).eval()
+    model = ProtoPNet(2, backbone=backbone, prototypes_per_class=3, prototype_dim=8).eval()
     for size in ((32, 32), (80, 48)):
         out = model(torch.randn(1, 3, *size))
         h, w = model.backbone(torch.zeros(1, 3, *size))[-1].shape[-2:]
@@ -101,7 +101,7 @@ def test_any_backbone_size_and_batch_of_one(backbone):
 
 
 def test_single_class_earlier_stage_and_not_class_specific():
-    model = ProtoPNet("test_resnet", num_classes=1, prototypes_per_class=2, prototype_dim=8,
+    model = ProtoPNet(1, backbone="test_resnet", prototypes_per_class=2, prototype_dim=8,
                       class_specific=False, feature_stage=-2)  # fmt: skip
     assert model.last_layer.weight.tolist() == [[1.0, 1.0]]  # no other class, no -0.5
     (c, h, w), = feature_shapes(model.backbone, 64)

@@ -64,9 +64,10 @@ def test_push_record_and_pictures(protopnet_run):
 def test_pushed_prototypes_are_training_patches(protopnet_run, checkpoint):
     """After the last push (and last-layer optimisation only), each prototype sits at distance ~0
     from its recorded patch."""
-    from experiments.predict import build_datamodule, build_module
+    from experiments.predict import build_datamodule
+    from lightning_modules.modules.loading import load_module
 
-    module = build_module(checkpoint)
+    module = load_module(next((protopnet_run / "checkpoints").glob("best-*.ckpt")))
     datamodule = build_datamodule(checkpoint, None, None, "train", num_workers=0)
     dataset = datamodule.eval_dataloader("train").dataset
     record = checkpoint["callbacks"]["PrototypePush"]["records"]
@@ -134,9 +135,10 @@ def test_push_under_ddp_on_two_cpu_processes(tmp_path, synthetic_cache):
     record = json.loads((run_dir / "prototypes" / "epoch001" / "prototypes.json").read_text())["prototypes"]
     assert len(record) == 12 and all(e["image_class"] == e["class"] for e in record)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    from experiments.predict import build_datamodule, build_module
+    from experiments.predict import build_datamodule
+    from lightning_modules.modules.loading import load_module
 
-    module = build_module(ckpt)
+    module = load_module(run_dir / "checkpoints" / "last.ckpt")
     dataset = build_datamodule(ckpt, None, None, "train", num_workers=0).eval_dataloader("train").dataset
     with torch.no_grad():  # the pushed prototypes are the recorded patches, whichever rank saw them
         for entry in record:

@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from lightning_modules.analysis.push import PushSearch, brute_force_search
+from lightning_modules.protopnet.push import PushSearch, brute_force_search
 from lightning_modules.nets.protopnet import ProtoPNet
 
 N_IMAGES, BATCH, SIZE = 16, 4, 64  # test_resnet at 64 px: 2x2 feature maps
@@ -22,7 +22,7 @@ def setup():
 
     Dataset indices are a permutation, so they are neither the batch positions nor sorted."""
     torch.manual_seed(0)
-    net = ProtoPNet("test_resnet", num_classes=3, prototypes_per_class=2, prototype_dim=8).eval()
+    net = ProtoPNet(3, backbone="test_resnet", prototypes_per_class=2, prototype_dim=8).eval()
     images = torch.randn(N_IMAGES, 3, SIZE, SIZE)
     labels = torch.tensor([0, 1, 2, 0] * 4)
     indices = torch.randperm(100)[:N_IMAGES]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.receptive_field import cell_box, receptive_field, receptive_fields
+from lightning_modules.protopnet.receptive_field import cell_box, receptive_field, receptive_fields
 
 
 def meta_backbone(name: str, **kwargs) -> nn.Module:

@@ -1,8 +1,8 @@
 """What every dataset reader needs: strict CSV reading, value parsing and finding image files.
 
-The rules here are the "careful loader" of ``reference/datasets.md``: blank / ``UNK`` /
-``unknown`` mean missing, explicitly; values outside a column's documented vocabulary stop with an
-error naming the file, line and column; nothing is silently dropped.
+These are the reading rules of ``docs/datasets.md``: blank / ``UNK`` / ``unknown`` mean missing,
+explicitly; values outside a column's documented vocabulary stop with an error naming the file,
+line and column; nothing is silently dropped.
 """
 
 from __future__ import annotations

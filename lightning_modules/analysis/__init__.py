@@ -1,1 +1,1 @@
-"""Post-hoc analysis of trained networks (saliency, ProtoPNet push, prototype attacks)."""
+"""Post-hoc saliency: Grad-CAM, and lesion-mass reports over a split."""

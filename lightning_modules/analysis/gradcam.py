@@ -1,6 +1,6 @@
 """Grad-CAM (Selvaraju et al. 2017): post-hoc class activation maps, for comparison with
-trainable attention (the seed notebook's point: Grad-CAM explains a fixed model; it does not
-change what the model looks at).
+trainable attention (Grad-CAM explains a fixed model; it does not change what the model looks
+at, which trainable attention does).
 
     cam = relu( sum_k  mean_{h,w}(d score_c / d A_k) * A_k )      A = the target layer's map
 

@@ -23,7 +23,8 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from lightning_modules.atomic_io import atomic_write, write_json
+from lightning_modules.contracts import evaluation_data
+from lightning_modules.utils.atomic_io import atomic_write, write_json
 
 
 def gather_unique_tensors(pl_module: L.LightningModule, chunks: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -95,8 +96,8 @@ class TestResultsWriter(L.Callback):
         if not trainer.is_global_zero or self._gathered is None:
             return
         index, probs, labels = self._gathered["index"], self._gathered["probs"], self._gathered["label"]
-        datamodule = trainer.datamodule
-        records = datamodule.records("test") if datamodule is not None and hasattr(datamodule, "records") else None
+        data = evaluation_data(trainer)
+        records = data.records("test") if data is not None else None
         image_ids = [records[i].image_id for i in index] if records else [str(i) for i in index]
         write_predictions(self.run_dir / "predictions.csv", image_ids, probs, pl_module.class_names, labels)
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.backbones import create_backbone
+from lightning_modules.nets.backbones import create_backbone
 
 
 def backbone_sequence(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -55,6 +55,8 @@ def split_backbone(backbone: nn.Module, stage: int) -> tuple[nn.Sequential, nn.S
 class ABE(nn.Module):
     def __init__(
         self,
+        num_classes: int = 0,
+        meta_dim: int = 0,
         backbone: str = "resnet18",
         num_learners: int = 4,
         embedding_dim: int = 512,
@@ -65,6 +67,8 @@ class ABE(nn.Module):
     ):
         """
         Args:
+            num_classes, meta_dim: accepted for the common network signature and unused (the
+                embedding does not depend on the classes; images only).
             num_learners: M; each learner embeds into ``embedding_dim // M`` dimensions.
             split_stage: the ``feature_info`` stage where S ends and G begins.
             ensemble: ``attention`` (ABE-M) or ``heads`` (M-heads: separate G's, no attention).
@@ -76,6 +80,7 @@ class ABE(nn.Module):
             raise ValueError(f"ensemble must be 'attention' or 'heads', got {ensemble!r}")
         self.num_learners, self.ensemble = num_learners, ensemble
         self.learner_dim = embedding_dim // num_learners
+        self.attention_names = tuple(f"learner{m}" for m in range(num_learners)) if ensemble == "attention" else ()
         self.spatial, g, s_channels, g_channels = split_backbone(
             create_backbone(backbone, pretrained, weights_path), split_stage
         )
@@ -83,7 +88,7 @@ class ABE(nn.Module):
             return nn.Sequential(stages, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(g_channels, self.learner_dim))
 
         if ensemble == "attention":
-            self.embed = head(g)
+            self.embedding_head = head(g)  # G + pool + linear, shared by the learners
             self.attention = nn.ModuleList(nn.Conv2d(s_channels, s_channels, 1) for _ in range(num_learners))
         else:
             # Each head: a copy of G (the same pretrained weights, as in the paper's M-heads) and
@@ -95,18 +100,25 @@ class ABE(nn.Module):
         """(B, M, C, H, W) sigmoid masks of the M attention modules."""
         return torch.stack([torch.sigmoid(a(spatial)) for a in self.attention], dim=1)
 
-    def forward(self, image: torch.Tensor, meta: Optional[torch.Tensor] = None, return_attention: bool = False):
-        """L2-normalised learner embeddings (B, M, D/M); with ``return_attention`` also
-        ``{"learner<m>": (B, H, W)}`` (each mask averaged over channels)."""
+    def forward_with_attention(self, image: torch.Tensor, meta: Optional[torch.Tensor] = None):
+        """L2-normalised learner embeddings (B, M, D/M) and ``{"learner<m>": (B, H, W)}`` (each
+        mask averaged over channels; none for M-heads)."""
         spatial = self.spatial(image)
         b = spatial.shape[0]
         maps = {}
         if self.ensemble == "attention":
             masks = self.attention_masks(spatial)
             attended = (spatial[:, None] * masks).flatten(0, 1)  # all learners in one pass through G
-            embeddings = self.embed(attended).view(b, self.num_learners, self.learner_dim)
+            embeddings = self.embedding_head(attended).view(b, self.num_learners, self.learner_dim)
             maps = {f"learner{m}": masks[:, m].mean(dim=1) for m in range(self.num_learners)}
         else:
             embeddings = torch.stack([head(spatial) for head in self.heads], dim=1)
-        embeddings = F.normalize(embeddings, dim=-1)
-        return (embeddings, maps) if return_attention else embeddings
+        return F.normalize(embeddings, dim=-1), maps
+
+    def forward(self, image: torch.Tensor, meta: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """L2-normalised learner embeddings (B, M, D/M)."""
+        return self.forward_with_attention(image, meta)[0]
+
+    def embed(self, image: torch.Tensor, meta: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The ensemble embedding (B, D): the learners' normalised embeddings, concatenated."""
+        return self(image, meta).flatten(1)

@@ -8,10 +8,10 @@
     g = global average pool of x
     logits = classifier([g, g_1, g_2])
 
-Differences from the seed notebook, on purpose: the global feature is pooled adaptively (its
-``AvgPool2d(7)`` only fits 224 px inputs), the upsampling goes to each local map's real size
-(not a fixed x4 / x2 that again assumes 224 px), and nothing is ``.squeeze()``d, so a batch of
-one keeps its batch axis.
+Differences from a widely copied public AttnVGG notebook, on purpose: the global feature is
+pooled adaptively (its ``AvgPool2d(7)`` only fits 224 px inputs), the upsampling goes to each
+local map's real size (not a fixed x4 / x2 that again assumes 224 px), and nothing is
+``.squeeze()``d, so a batch of one keeps its batch axis.
 
 Stages: timm's VGG exposes features *before* each pooling, so for VGG the paper's pool-3 and
 pool-4 maps are the 1/4 and 1/8 stages max-pooled once (``pool_local_stages``, automatic for
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.backbones import create_backbone
+from lightning_modules.nets.backbones import create_backbone
 
 
 class AttentionBlock(nn.Module):
@@ -55,6 +55,7 @@ class AttnVGG(nn.Module):
     def __init__(
         self,
         num_classes: int,
+        meta_dim: int = 0,
         backbone: str = "vgg16_bn",
         pretrained: bool = False,
         weights_path: Optional[str] = None,
@@ -64,6 +65,16 @@ class AttnVGG(nn.Module):
         pool_local_stages: Optional[bool] = None,
         dropout: float = 0.0,
     ):
+        """
+        Args:
+            num_classes: classifier outputs; ``meta_dim`` is accepted and unused (image only).
+            backbone: any timm model (VGG-16-BN as in the paper); attention sits on its stages
+                at ``local_reductions`` (1/8 and 1/16 of the input: pool-3 and pool-4 for VGG).
+            normalize_attn: spatial softmax attention (sum of attended features) or sigmoid
+                attention (average of attended features).
+            pool_local_stages: max-pool the local stages once (automatic for ``vgg*``, whose
+                timm stages end before their pooling).
+        """
         super().__init__()
         self.backbone = create_backbone(backbone, pretrained, weights_path)
         reductions = list(self.backbone.feature_info.reduction())
@@ -74,6 +85,7 @@ class AttnVGG(nn.Module):
         if missing:
             raise ValueError(f"{backbone} has no feature stage at reduction(s) {missing}; it has {reductions}")
         self.local_stages = [reductions.index(r) for r in wanted]
+        self.attention_names = tuple(f"attn{k}" for k in range(1, len(self.local_stages) + 1))
         # timm VGG stages end before their pooling: pool-3/pool-4 are these maps max-pooled by 2.
         # A module (not F.max_pool2d) so that Grad-CAM can hook the exact grid the attention sees.
         self.local_pools = nn.ModuleList(nn.MaxPool2d(2) if self.pool_local else nn.Identity()
@@ -91,14 +103,16 @@ class AttnVGG(nn.Module):
         """Grad-CAM's layer and output selector: the finest attended map (``attn1``'s grid)."""
         return self.local_pools[0], lambda out: out
 
-    def forward(self, image: torch.Tensor, meta: Optional[torch.Tensor] = None,
-                return_attention: bool = False):
+    def forward_with_attention(self, image: torch.Tensor, meta: Optional[torch.Tensor] = None):
+        """``(logits (B, K), {"attn1": (B, h1, w1), "attn2": ...})``."""
         stages = self.backbone(image)
         x = stages[-1]
         features = [x.mean(dim=(2, 3))]
         maps = {}
-        for k, (i, pool, block) in enumerate(zip(self.local_stages, self.local_pools, self.attention), start=1):
-            maps[f"attn{k}"], attended = block(pool(stages[i]), x)
+        for name, i, pool, block in zip(self.attention_names, self.local_stages, self.local_pools, self.attention):
+            maps[name], attended = block(pool(stages[i]), x)
             features.append(attended)
-        logits = self.classifier(self.dropout(torch.cat(features, dim=1)))
-        return (logits, maps) if return_attention else logits
+        return self.classifier(self.dropout(torch.cat(features, dim=1))), maps
+
+    def forward(self, image: torch.Tensor, meta: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.forward_with_attention(image, meta)[0]

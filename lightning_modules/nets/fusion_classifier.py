@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from lightning_modules.backbones import create_backbone, feature_channels
+from lightning_modules.nets.backbones import create_backbone, feature_channels
 from lightning_modules.nets.metablock import MetaBlock
 
 FUSIONS = ("none", "concat", "metablock")
@@ -23,9 +23,9 @@ FUSIONS = ("none", "concat", "metablock")
 class FusionClassifier(nn.Module):
     def __init__(
         self,
-        backbone: str,
         num_classes: int,
         meta_dim: int = 0,
+        backbone: str = "resnet18",
         fusion: str = "metablock",
         pretrained: bool = False,
         weights_path: Optional[str] = None,
@@ -33,6 +33,17 @@ class FusionClassifier(nn.Module):
         dropout: float = 0.0,
         metablock_batch_norm: bool = False,
     ):
+        """
+        Args:
+            num_classes, meta_dim: from the data (the module passes them).
+            backbone: any timm model name (used with ``features_only=True``).
+            fusion: ``none`` (image only), ``concat`` or ``metablock``.
+            pretrained: timm's pretrained weights (downloads); ``weights_path``: a local file.
+            reducer_dim: width of the optional reducer before the classifier (off by default,
+                as in the MetaBlock benchmarks).
+            metablock_batch_norm: BatchNorm1d after MetaBlock's linear maps, as in the official code
+                (off: the paper's formula, which also trains better; see ``MetaBlock``).
+        """
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")

@@ -2,8 +2,8 @@
 
     x = sigmoid( tanh( f_b(meta) * x_img ) + g_b(meta) )
 
-``f_b`` and ``g_b`` map the metadata vector to one value per image channel. The seed post's
-implementation reshapes ``(B, k, H, W)`` to ``(W, H, k, B)`` and back, which multiplies the
+``f_b`` and ``g_b`` map the metadata vector to one value per image channel. A widely read
+public re-implementation reshapes ``(B, k, H, W)`` to ``(W, H, k, B)`` and back, which multiplies the
 wrong batch/channel pairs whenever ``B != k``; here the per-channel values are broadcast over
 the spatial grid (``f[:, :, None, None]``), or over the pooled vector when given ``(B, k)``.
 """

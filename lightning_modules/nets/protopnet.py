@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.backbones import create_backbone, feature_channels
-from lightning_modules.receptive_field import ReceptiveField, receptive_field
+from lightning_modules.nets.backbones import create_backbone, feature_channels
+from lightning_modules.protopnet.receptive_field import ReceptiveField, receptive_field
 
 
 class ProtoPNetOutput(NamedTuple):
@@ -30,10 +30,14 @@ class ProtoPNetOutput(NamedTuple):
 
 
 class ProtoPNet(nn.Module):
+    #: Similarity maps offered as attention (``forward_with_attention``).
+    attention_names = ("top_prototype", "predicted_class")
+
     def __init__(
         self,
-        backbone: str,
         num_classes: int,
+        meta_dim: int = 0,
+        backbone: str = "resnet18",
         prototypes_per_class: int = 10,
         prototype_dim: int = 128,
         pretrained: bool = False,
@@ -44,7 +48,8 @@ class ProtoPNet(nn.Module):
         epsilon: float = 1e-4,
     ):
         """``m = num_classes * prototypes_per_class`` prototypes; prototype ``j`` is assigned to
-        class ``j // prototypes_per_class`` (``prototype_class_identity``).
+        class ``j // prototypes_per_class`` (``prototype_class_identity``). ``meta_dim`` is
+        accepted and unused (image only).
 
         ``class_specific`` does not change the network: every prototype still has a class, which
         only sets the initial +1 / ``incorrect_class_connection`` pattern of the last layer. It is
@@ -133,6 +138,23 @@ class ProtoPNet(nn.Module):
         min_distances = distances.flatten(2).amin(dim=2)  # global min pooling, (B, m)
         logits = self.last_layer(self.distance_to_similarity(min_distances))
         return ProtoPNetOutput(logits, min_distances, distances, z)
+
+    def attention_from_output(self, output: ProtoPNetOutput) -> dict[str, torch.Tensor]:
+        """Similarity maps: of the most activated prototype, and the last-layer-weighted sum over
+        the prototypes of the predicted class (where the evidence for the prediction lies)."""
+        similarity = self.distance_to_similarity(output.distances).detach()  # (B, m, H, W)
+        top = self.distance_to_similarity(output.min_distances).argmax(dim=1)
+        rows = torch.arange(similarity.shape[0], device=similarity.device)
+        weights = self.last_layer.weight[output.logits.argmax(dim=1)].clamp_min(0).detach()  # (B, m)
+        return {
+            "top_prototype": similarity[rows, top],
+            "predicted_class": (weights[:, :, None, None] * similarity).sum(dim=1),
+        }
+
+    def forward_with_attention(self, image: torch.Tensor, meta: Optional[torch.Tensor] = None):
+        """``(ProtoPNetOutput, similarity maps)``."""
+        output = self(image, meta)
+        return output, self.attention_from_output(output)
 
     def receptive_field(self, image_size: int = 224) -> ReceptiveField:
         """Receptive field of a cell of z (the 1x1 add-on layers do not change it); use with

@@ -1,14 +1,15 @@
-"""Soft attention over the image grid with the three scoring functions of the seed post (003):
+"""Soft attention over the image grid with the three classic scoring functions (Luong et al. 2015):
 
     E = backbone's last feature map as cells (B, N = H*W, C),  h = the query (B, Q)
     dot      score_n = (P h) . e_n                 (P: Q -> C, bias-free; identity when Q == C)
-    general  score_n = h^T W e_n                   (W bias-free, as the post insists)
+    general  score_n = h^T W e_n                   (W bias-free: a bias would add the same score to every cell)
     concat   score_n = v^T tanh(W_h h + W_e e_n)   (additive; = v^T tanh(W [h; e_n]))
     a = softmax_n(score),  context = sum_n a_n e_n
 
-The seed's versions only work when H*W equals the hidden size (dot, general) or flatten the
-whole grid into one linear layer (concat), tying the weights to one image size; these score
-every cell with the same weights, so any grid works. Parameters get explicit initialisations.
+Common public versions of these scores only work when H*W equals the hidden size (dot,
+general) or flatten the whole grid into one linear layer (concat), tying the weights to one
+image size; these score every cell with the same weights, so any grid works. Parameters get
+explicit initialisations.
 
 The query is the metadata embedding (metadata-guided attention: the patient record says where
 to look) or, for data without metadata, a learned query vector.
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.backbones import create_backbone, feature_channels
+from lightning_modules.nets.backbones import create_backbone, feature_channels
 
 SCORINGS = ("dot", "general", "concat")
 
@@ -108,8 +109,14 @@ class SoftAttentionClassifier(nn.Module):
         dropout: float = 0.0,
         feature_stage: int = -1,
     ):
-        """``feature_stage``: which backbone stage is the attention grid (-1: the deepest; -2 has
-        twice the resolution, useful for small inputs)."""
+        """
+        Args:
+            scoring: ``dot``, ``general`` or ``concat`` (additive).
+            query: ``metadata`` (an MLP of the metadata vector), ``learned`` (one learned vector,
+                for data without metadata), or ``auto`` (metadata when there is any).
+            feature_stage: which backbone stage is the attention grid (-1: the deepest; -2 has
+                twice the resolution, useful for small inputs).
+        """
         super().__init__()
         if query == "auto":
             query = "metadata" if meta_dim > 0 else "learned"
@@ -118,6 +125,7 @@ class SoftAttentionClassifier(nn.Module):
         if query not in ("metadata", "learned"):
             raise ValueError(f"query must be 'metadata', 'learned' or 'auto', got {query!r}")
         self.query_kind = query
+        self.attention_names = ("soft",)
         self.backbone = create_backbone(backbone, pretrained, weights_path, out_indices=(feature_stage,))
         channels = feature_channels(self.backbone)[-1]
         if query == "metadata":
@@ -139,10 +147,13 @@ class SoftAttentionClassifier(nn.Module):
         """Grad-CAM's layer and output selector: the attended grid (the backbone's one stage)."""
         return self.backbone, lambda out: out[-1]
 
-    def forward(self, image: torch.Tensor, meta: Optional[torch.Tensor] = None, return_attention: bool = False):
+    def forward_with_attention(self, image: torch.Tensor, meta: Optional[torch.Tensor] = None):
+        """``(logits (B, K), {"soft": (B, H, W)})``."""
         fmap = self.backbone(image)[-1]
         query = self.make_query(image, meta)
         context, attention = self.attention(query, fmap)
         features = torch.cat([context, query], dim=1) if self.query_kind == "metadata" else context
-        logits = self.classifier(self.dropout(features))
-        return (logits, {"soft": attention}) if return_attention else logits
+        return self.classifier(self.dropout(features)), {"soft": attention}
+
+    def forward(self, image: torch.Tensor, meta: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.forward_with_attention(image, meta)[0]

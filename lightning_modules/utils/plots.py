@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _to_array(fig) -> np.ndarray:
+def figure_to_array(fig) -> np.ndarray:
     fig.canvas.draw()
     image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     plt.close(fig)
@@ -35,7 +35,7 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], titl
                     color="white" if recall[i, j] > 0.5 else "black", fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return _to_array(fig)
+    return figure_to_array(fig)
 
 
 def roc_figure(curves: Sequence[tuple[np.ndarray, np.ndarray]], aucs: Sequence[float],
@@ -50,4 +50,4 @@ def roc_figure(curves: Sequence[tuple[np.ndarray, np.ndarray]], aucs: Sequence[f
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return _to_array(fig)
+    return figure_to_array(fig)

@@ -15,8 +15,8 @@ class FocalLoss(nn.Module):
     With class weights, the mean is taken over the weights of the targets, exactly like
     ``F.cross_entropy(weight=...)``, so ``gamma=0`` reproduces weighted cross-entropy and the
     loss scale does not change when weights are switched on. Computed from logits with
-    ``log_softmax`` (never from probabilities: the seed notebook fed sigmoid outputs to a loss
-    that applies its own).
+    ``log_softmax`` (never from probabilities: a common mistake in public AttnVGG code feeds sigmoid
+    outputs to a loss that applies its own).
     """
 
     def __init__(self, gamma: float = 2.0, weight: Optional[torch.Tensor] = None):

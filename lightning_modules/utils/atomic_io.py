@@ -29,7 +29,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~PROCESS_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -44,7 +44,7 @@ def _read_umask() -> int:
     return mask
 
 
-_UMASK = _read_umask()
+PROCESS_UMASK = _read_umask()
 
 
 def _sync_dir(folder: Path) -> None:

@@ -18,15 +18,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from datamodules.dataset import load_rgb  # noqa: E402
-from lightning_modules.analysis.prototype_pictures import (  # noqa: E402
+from lightning_modules.protopnet.pictures import (  # noqa: E402
     ACTIVATION_COLOUR,
     RF_COLOUR,
     activation_box,
     draw_box,
     upsample_map,
 )
-from lightning_modules.callbacks.attention_maps import overlay  # noqa: E402
-from lightning_modules.plots import _to_array  # noqa: E402
+from lightning_modules.utils.images import overlay  # noqa: E402
+from lightning_modules.utils.plots import figure_to_array  # noqa: E402
 
 
 def push_record(checkpoint: dict) -> list[dict[str, Any]]:
@@ -94,7 +94,7 @@ def _local_figure(picture: np.ndarray, rows: list[dict], record: list[dict], pre
         for ax in ax_row:
             ax.axis("off")
     fig.tight_layout()
-    return _to_array(fig)
+    return figure_to_array(fig)
 
 
 @torch.no_grad()
@@ -140,7 +140,7 @@ def attack_figure(picture: np.ndarray, attacked: np.ndarray, result, region: tup
         ax.set_title(title, fontsize=8)
         ax.axis("off")
     fig.tight_layout()
-    return _to_array(fig)
+    return figure_to_array(fig)
 
 
 def region_mask(size: tuple[int, int], region: tuple[int, int, int, int]) -> torch.Tensor:

@@ -1,39 +1,15 @@
-"""The one way every model exposes its attention maps, and how a map is scored.
+"""Does an attention map look at the lesion? The share of its mass inside the lesion mask.
 
-A module that has attention implements ``attention_maps(image, meta) -> {name: (B, h, w)}``:
-non-negative maps on whatever grid the model attends over (AttnVGG's two attention blocks,
-the soft-attention grid, and later ABE-M's learner masks and ProtoPNet's prototype
-activations). Callbacks and notebooks use only this, so they treat all models alike:
-
-    maps = module.attention_maps(batch["image"], batch["meta"])      # where a map is made
-    heat = upsample(maps["attn1"], image.shape[-2:])                 # -> image grid
-    score = lesion_mass(heat, batch["mask"])                         # does it look at the lesion?
+    maps = net.forward_with_attention(image, meta)[1]            # where a map is made
+    score = lesion_mass(maps["attn1"], batch["mask"])           # resized to the mask inside
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
-
 import torch
-import torch.nn.functional as F
 from torchmetrics import Metric
 
-
-@runtime_checkable
-class ExposesAttention(Protocol):
-    def attention_maps(self, image: torch.Tensor, meta: torch.Tensor) -> dict[str, torch.Tensor]: ...
-
-
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, h, w) maps bilinearly resized to ``size`` (the attention grid drawn over the image)."""
-    return F.interpolate(maps[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-
-
-def normalise(maps: torch.Tensor) -> torch.Tensor:
-    """Each map scaled to [0, 1] (for display: colour maps need a common range)."""
-    flat = maps.flatten(1)
-    low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
-    return ((flat - low) / (high - low).clamp_min(1e-12)).view_as(maps)
+from lightning_modules.utils.images import upsample
 
 
 def lesion_mass(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,7 @@
-"""ABE-M training and evaluation (metric learning), in the same comparison as the classifiers.
+"""Metric learning (ABE-M), in the same comparison as the classifiers.
+
+The network is an :class:`~lightning_modules.contracts.EmbeddingNet` whose forward pass gives M
+learner embeddings ``(B, M, D/M)`` (M = 1 for a plain embedding network), L2-normalised.
 
 - train: per-learner contrastive loss over the pairs of a P x K batch (``--data.pk_batches``),
   plus ``lambda_div`` x the divergence loss between the learners' embeddings of the same image;
@@ -9,8 +12,8 @@
 - test: k-nearest-neighbour classification against the training images' embeddings, scored with
   the same AUROC / balanced accuracy / confusion matrix as the classifiers (metrics.json,
   predictions.csv).
-- the learners' attention masks are exposed through ``attention_maps`` (logged by the attention
-  callback and scored for lesion mass on data with masks).
+- the learners' attention masks (an :class:`~lightning_modules.contracts.AttentionNet`) are drawn
+  by the attention callback and scored for lesion mass on data with masks.
 """
 
 from __future__ import annotations
@@ -18,27 +21,20 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-from torch import nn
 
 from lightning_modules.callbacks.test_results import gather_unique_tensors
-from lightning_modules.classifier import LesionClassifier
-from lightning_modules.losses import contrastive_loss, divergence_loss
-from lightning_modules.nets.abe import ABE
-from lightning_modules.retrieval import knn_probabilities, recall_at_k
+from lightning_modules.contracts import EmbeddingNet, EvaluationData, evaluation_data
+from lightning_modules.metrics.retrieval import knn_probabilities, recall_at_k
+from lightning_modules.modules.base import DermModule
+from lightning_modules.modules.scores import ClassificationScores
+from lightning_modules.training.losses import contrastive_loss, divergence_loss
 
 RECALL_KS = (1, 2, 4, 8)
 
 
-class ABEModule(LesionClassifier):
+class MetricLearningModule(DermModule):
     def __init__(
         self,
-        backbone: str = "resnet18",
-        num_learners: int = 4,
-        embedding_dim: int = 512,
-        split_stage: int = -2,
-        ensemble: str = "attention",
-        pretrained: bool = False,
-        weights_path: Optional[str] = None,
         margin: float = 1.0,
         lambda_div: float = 1.0,
         div_margin: float = 1.0,
@@ -48,32 +44,34 @@ class ABEModule(LesionClassifier):
     ):
         """
         Args:
-            num_learners: M; ``embedding_dim / M`` dimensions per learner.
-            ensemble: ``attention`` (ABE-M) or ``heads`` (the M-heads baseline).
             margin: contrastive margin on squared distances; ``div_margin``: divergence margin.
             lambda_div: weight of the divergence loss (0: ABE-M without divergence).
             knn_k: neighbours voting in the k-NN classification at test time.
+            **kwargs: :class:`~lightning_modules.modules.base.DermModule` arguments; ``net`` is an
+                embedding network (``lightning_modules.nets.abe.ABE``).
         """
-        self.net_config = dict(backbone=backbone, num_learners=num_learners, embedding_dim=embedding_dim,
-                               split_stage=split_stage, ensemble=ensemble, pretrained=pretrained,
-                               weights_path=weights_path)  # fmt: skip
-        self.attention_names = tuple(f"learner{m}" for m in range(num_learners)) if ensemble == "attention" else ()
         super().__init__(monitor=monitor, **kwargs)
+        if not isinstance(self.net, EmbeddingNet):
+            raise TypeError(f"MetricLearningModule needs an embedding network (embed), got {type(self.net).__name__}")
+        self.scores = ClassificationScores(self.hparams.num_classes, self.class_names, stages=("test",))
         self._collected: dict[str, list[torch.Tensor]] = {}
         self._bank: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
-    def build_net(self) -> nn.Module:
-        return ABE(**self.net_config)
-
     def forward(self, image: torch.Tensor, meta: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The ensemble embedding (B, D): the learners' normalised embeddings, concatenated."""
-        return self.net(image, meta).flatten(1)
+        """The ensemble embedding (B, D)."""
+        return self.net.embed(image, meta)
 
-    def class_probabilities(self, image: torch.Tensor, meta: torch.Tensor) -> None:
-        return None  # classes come from neighbours in the training bank, built only at test time
+    def learners(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(learner embeddings (B, M, D/M), attention maps)`` of a batch."""
+        if self.attention_names:
+            return self.net.forward_with_attention(batch["image"], batch["meta"])
+        return self.net(batch["image"], batch["meta"]), {}
 
-    def attention_maps(self, image: torch.Tensor, meta: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.net(image, meta, return_attention=True)[1]
+    def data(self) -> EvaluationData:
+        data = evaluation_data(self._trainer)
+        if data is None:
+            raise RuntimeError("metric learning evaluates against the training images: use a LesionDataModule")
+        return data
 
     # -- training ------------------------------------------------------------------------------
     def metric_losses(self, learners: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -84,7 +82,7 @@ class ABEModule(LesionClassifier):
                 "loss": contrastive + hp.lambda_div * divergence}  # fmt: skip
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        learners, maps = self.net(batch["image"], batch["meta"], return_attention=True)
+        learners, maps = self.learners(batch)
         losses = self.metric_losses(learners, batch["label"])
         n = batch["label"].shape[0]
         for name, value in losses.items():
@@ -93,6 +91,9 @@ class ABEModule(LesionClassifier):
         self.update_lesion_mass("train", maps, batch)
         return losses["loss"]
 
+    def on_train_epoch_end(self) -> None:
+        self.log_lesion_mass("train")
+
     # -- evaluation ----------------------------------------------------------------------------
     def _collect(self, learners: torch.Tensor, batch: dict) -> None:
         self._collected.setdefault("learners", []).append(learners.detach())
@@ -100,7 +101,7 @@ class ABEModule(LesionClassifier):
         self._collected.setdefault("index", []).append(batch["index"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        learners, maps = self.net(batch["image"], batch["meta"], return_attention=True)
+        learners, maps = self.learners(batch)
         losses = self.metric_losses(learners, batch["label"])
         self.log("val/loss", losses["loss"], on_epoch=True, batch_size=batch["label"].shape[0], sync_dist=True)
         self._collect(learners, batch)
@@ -112,8 +113,7 @@ class ABEModule(LesionClassifier):
             return
         gathered = gather_unique_tensors(self, chunks)  # every rank's images, DDP's padded repeats dropped
         learners, labels, index = gathered["learners"], gathered["label"], gathered["index"]
-        groups = self.trainer.datamodule.group_ids(stage).to(index.device)[index] \
-            if self.trainer.datamodule is not None and hasattr(self.trainer.datamodule, "group_ids") else None
+        groups = self.data().group_ids(stage).to(index.device)[index]
         if self.trainer.sanity_checking:
             return
         ensemble = recall_at_k(learners.flatten(1), labels, groups, RECALL_KS)
@@ -122,7 +122,7 @@ class ABEModule(LesionClassifier):
         for m in range(learners.shape[1]):
             self.log(f"{stage}/recall@1_learner{m}", recall_at_k(learners[:, m], labels, groups, (1,))[1])
 
-    def on_validation_epoch_end(self) -> None:  # no classification report: ABE-M does not classify here
+    def on_validation_epoch_end(self) -> None:  # no classification report: classes come from k-NN at test
         self._retrieval("val")
         self.log_lesion_mass("val")
 
@@ -130,7 +130,7 @@ class ABEModule(LesionClassifier):
     @torch.no_grad()
     def _embed_bank(self) -> tuple[torch.Tensor, torch.Tensor]:
         embeddings, labels = [], []
-        for batch in self.trainer.datamodule.eval_dataloader("train"):
+        for batch in self.data().eval_dataloader("train"):
             embeddings.append(self(batch["image"].to(self.device), batch["meta"].to(self.device)))
             labels.append(batch["label"].to(self.device))
         return torch.cat(embeddings), torch.cat(labels)
@@ -139,20 +139,19 @@ class ABEModule(LesionClassifier):
         self._bank = self._embed_bank()
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:
-        learners, maps = self.net(batch["image"], batch["meta"], return_attention=True)
+        learners, maps = self.learners(batch)
         self.update_lesion_mass("test", maps, batch)
         bank, bank_labels = self._bank
         probs = knn_probabilities(learners.flatten(1), bank, bank_labels, self.hparams.num_classes,
                                   self.hparams.knn_k)  # fmt: skip
-        self.test_metrics.update(probs, batch["label"])
-        self.test_details.update(probs, batch["label"])
-        self.log_dict(self.test_metrics, on_step=False, on_epoch=True, batch_size=batch["label"].shape[0])
+        self.scores.update("test", probs, batch["label"])
+        self.log_dict(self.scores.scalars_of("test"), on_step=False, on_epoch=True, batch_size=batch["label"].shape[0])
         self._collect(learners, batch)
         return {"probs": probs, "index": batch["index"], "label": batch["label"]}
 
     def on_test_epoch_end(self) -> None:
         self._retrieval("test")
-        self._report("test")
+        self.report("test", self.scores)
         self.log_lesion_mass("test")
         self._bank = None
 

@@ -1,16 +1,9 @@
-"""The built-in synthetic lesion dataset, written in PAD-UFES-20's on-disk format.
+"""Pictures of the synthetic lesions: a metadata row in, an RGB photo and its lesion mask out.
 
-A newcomer without data trains on it; tests use it. It is generated deterministically from a
-seed into a cache folder on first use (a few seconds), and read back by the real PAD-UFES-20
-reader, plus a lesion mask per image (``masks/``) for scoring attention maps.
+A lesion is drawn once on a patch of skin (``draw_lesion``: what the class and the patient
+decide); each photo of it re-frames that drawing and adds its own light and distractors
+(``photograph``), so photos of one lesion are near-duplicates, as in PAD-UFES-20.
 
-The generator's rules (also in the README):
-
-* **Patients, lesions, images** as in PAD-UFES-20: most patients have one lesion, some two or
-  three; a lesion has one or two photos. A lesion is drawn once; each photo re-frames it (zoom,
-  rotation, position, size) and adds its own light, hairs, ruler and noise, so photos of one
-  lesion are near-duplicates, which is what makes patient-grouped splits matter. Class
-  frequencies follow PAD (ACK 32 %, BCC 37 %, MEL 2 %, NEV 11 %, SCC 8 %, SEK 10 %).
 * **ABCD cues per class**: Asymmetry (low-frequency warping of the outline), Border irregularity
   (high-frequency ripples, sharp or blurred edge), Colour variegation (one to four colours mixed
   by a smooth random field), Diameter (``diameter_1/2`` in mm, which sets the drawn size).
@@ -29,209 +22,22 @@ The generator's rules (also in the README):
   older patients).
 * **Distractors independent of the label**: hairs, ruler marks, dark vignetted corners, skin
   tone from the Fitzpatrick type, uneven lighting, sensor noise, random framing and rotation.
-* **Format quirks** of the real data: varying square sizes, a few RGBA PNGs, ``UNK`` answers and
-  blank history fields, exactly PAD-UFES-20's 26 columns.
+
+Every random draw comes from the generator passed in, in a fixed order: reordering draws here
+changes every picture, which needs a new ``GENERATOR_VERSION`` (in ``config``).
 """
 
 from __future__ import annotations
 
-import csv
-import fcntl
-import hashlib
-import json
-import math
-import os
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from PIL import Image
 
-from datamodules.sources import pad_ufes20
+from datamodules.synthetic.metadata import true_diameter_mm
 
-GENERATOR_VERSION = 2
-CLASS_PRIOR = {"ACK": 0.318, "BCC": 0.368, "MEL": 0.023, "NEV": 0.106, "SCC": 0.084, "SEK": 0.101}
-MASK_FOLDER = "masks"
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    n_patients: int = 1200
-    seed: int = 0
-    min_size: int = 112
-    max_size: int = 176
-    rgba_fraction: float = 0.03
-
-
-def default_cache_root() -> Path:
-    root = os.environ.get("DERMATTN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "dermattn"
-    )
-    return Path(root)
-
-
-def dataset_dir(config: SyntheticConfig, cache_root: Optional[Path] = None) -> Path:
-    key = hashlib.sha1(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:10]
-    return Path(cache_root or default_cache_root()) / f"synthetic-v{GENERATOR_VERSION}-{key}"
-
-
-def ensure_generated(config: SyntheticConfig, cache_root: Optional[Path] = None) -> Path:
-    """Generate the dataset unless the cache has it; safe when several processes race (DDP)."""
-    target = dataset_dir(config, cache_root)
-    if (target / "metadata.csv").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / "metadata.csv").is_file():
-            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-            try:
-                generate(config, staging)
-                if target.exists():  # a half-written folder from an interrupted older version
-                    shutil.rmtree(target)
-                os.rename(staging, target)  # atomic: readers see all of it or nothing
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def generate(config: SyntheticConfig, out_dir: Path) -> None:
-    """Write ``metadata.csv``, ``images/`` and ``masks/`` for ``config`` into ``out_dir``."""
-    out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    (out_dir / MASK_FOLDER).mkdir(parents=True, exist_ok=True)
-    rows = sample_metadata(config)
-    lesions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for i, row in enumerate(rows):
-        lesion_id = row["lesion_id"]
-        if lesion_id not in lesions:  # a lesion is drawn once; each of its photos re-frames it
-            lesions = {lesion_id: draw_lesion(row, np.random.default_rng([config.seed, 1, int(lesion_id)]))}
-        rng = np.random.default_rng([config.seed, 2, i])
-        image, mask = photograph(*lesions[lesion_id], rng, config)
-        name = row["img_id"]
-        if rng.random() < config.rgba_fraction:
-            alpha = np.full(image.shape[:2] + (1,), 255, np.uint8)
-            picture = Image.fromarray(np.concatenate([image, alpha], axis=2), "RGBA")
-        else:
-            picture = Image.fromarray(image)
-        picture.save(out_dir / "images" / name, compress_level=1)  # speed over file size
-        Image.fromarray(mask * 255).save(out_dir / MASK_FOLDER / name, compress_level=1)
-    with open(out_dir / "metadata.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=pad_ufes20.COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row[k] for k in pad_ufes20.COLUMNS})
-    (out_dir / "generator.json").write_text(
-        json.dumps({"version": GENERATOR_VERSION, **asdict(config), "images": len(rows)}, indent=2)
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Metadata: patients -> lesions -> images
-# --------------------------------------------------------------------------------------------
-
-#: Per class: mean/sd of age, P(True) of the six questions, diameter mean (mm), likely regions.
-CLASS_METADATA = {
-    "ACK": dict(age=(64, 11), itch=0.55, grew=0.25, hurt=0.15, changed=0.10, bleed=0.10,
-                elevation=0.30, diameter=8, regions=["FACE", "FOREARM", "ARM", "HAND", "NOSE", "SCALP"]),
-    "SCC": dict(age=(69, 10), itch=0.45, grew=0.85, hurt=0.60, changed=0.45, bleed=0.75,
-                elevation=0.85, diameter=8, regions=["FACE", "FOREARM", "ARM", "HAND", "NOSE", "LIP"]),
-    "BCC": dict(age=(62, 12), itch=0.30, grew=0.60, hurt=0.20, changed=0.30, bleed=0.45,
-                elevation=0.60, diameter=9, regions=["FACE", "NOSE", "BACK", "CHEST", "NECK", "EAR"]),
-    "MEL": dict(age=(56, 14), itch=0.25, grew=0.80, hurt=0.15, changed=0.75, bleed=0.30,
-                elevation=0.40, diameter=12, regions=["BACK", "CHEST", "ARM", "THIGH", "FACE"]),
-    "NEV": dict(age=(31, 12), itch=0.10, grew=0.20, hurt=0.05, changed=0.15, bleed=0.05,
-                elevation=0.45, diameter=5, regions=["BACK", "CHEST", "ABDOMEN", "FACE", "ARM"]),
-    "SEK": dict(age=(66, 10), itch=0.40, grew=0.35, hurt=0.05, changed=0.15, bleed=0.05,
-                elevation=0.70, diameter=9, regions=["BACK", "CHEST", "FACE", "ABDOMEN", "NECK"]),
-}  # fmt: skip
-QUESTIONS = ["itch", "grew", "hurt", "changed", "bleed", "elevation"]
-BACKGROUNDS = ["POMERANIA", "GERMANY", "BRAZIL", "ITALY", "NETHERLANDS", "POLAND", "PORTUGAL"]
-
-
-def _age_likelihood(cls: str, age: float) -> float:
-    mean, sd = CLASS_METADATA[cls]["age"]
-    return math.exp(-0.5 * ((age - mean) / sd) ** 2) / sd
-
-
-def sample_metadata(config: SyntheticConfig) -> list[dict]:
-    """Rows in PAD-UFES-20's columns, ordered patient by patient."""
-    rng = np.random.default_rng([config.seed, 0])
-    classes = list(CLASS_PRIOR)
-    prior = np.array([CLASS_PRIOR[c] for c in classes])
-    rows, lesion_counter, image_counter = [], 0, 0
-    for patient in range(config.n_patients):
-        first = classes[rng.choice(len(classes), p=prior / prior.sum())]
-        mean, sd = CLASS_METADATA[first]["age"]
-        age = int(np.clip(round(rng.normal(mean, sd)), 6, 95))
-        biopsied = rng.random() < 0.6  # history fields are blank for non-biopsied rows, as in PAD
-        patient_fields = {
-            "patient_id": f"PAT_{patient + 1}",
-            "age": str(age),
-            "gender": rng.choice(["MALE", "FEMALE"]) if biopsied else "",
-            "smoke": _bool(rng, 0.15) if biopsied else "",
-            "drink": _bool(rng, 0.3) if biopsied else "",
-            "pesticide": _bool(rng, 0.3) if biopsied else "",
-            "skin_cancer_history": _bool(rng, 0.45) if biopsied else "",
-            "cancer_history": _bool(rng, 0.5) if biopsied else "",
-            "has_piped_water": _bool(rng, 0.7) if biopsied else "",
-            "has_sewage_system": _bool(rng, 0.5) if biopsied else "",
-            "background_father": rng.choice(BACKGROUNDS) if biopsied else "",
-            "background_mother": rng.choice(BACKGROUNDS) if biopsied else "",
-            "fitspatrick": f"{float(rng.choice([1, 2, 3, 4, 5, 6], p=[.12, .45, .28, .1, .04, .01])):.1f}"
-            if biopsied else "",
-        }  # fmt: skip
-        n_lesions = int(rng.choice([1, 2, 3], p=[0.82, 0.14, 0.04]))
-        for k in range(n_lesions):
-            if k == 0:
-                cls = first
-            else:  # further lesions of the same patient agree with the patient's age
-                weights = prior * np.array([_age_likelihood(c, age) for c in classes])
-                cls = classes[rng.choice(len(classes), p=weights / weights.sum())]
-            spec = CLASS_METADATA[cls]
-            lesion_counter += 1
-            d1 = max(1.0, rng.normal(spec["diameter"], spec["diameter"] * 0.3))
-            lesion_fields = {
-                "lesion_id": str(lesion_counter),
-                "diagnostic": cls,
-                "region": rng.choice(spec["regions"]) if rng.random() < 0.8 else rng.choice(pad_ufes20.REGIONS),
-                "diameter_1": f"{d1:.1f}" if biopsied else "",
-                "diameter_2": f"{d1 * rng.uniform(0.6, 1.0):.1f}" if biopsied else "",
-                "biopsed": str(biopsied or cls in ("BCC", "MEL", "SCC")),
-                "_diameter": d1,
-            }
-            for q in QUESTIONS:
-                lesion_fields[q] = "UNK" if rng.random() < 0.05 else _bool(rng, spec[q])
-            n_images = int(rng.choice([1, 2], p=[0.7, 0.3]))
-            for _ in range(n_images):
-                image_counter += 1
-                rows.append({
-                    **patient_fields,
-                    **lesion_fields,
-                    "img_id": f"PAT_{patient + 1}_{lesion_counter}_{image_counter}.png",
-                })
-    return rows
-
-
-def _diameter_mm(row: dict) -> float:
-    """The lesion's true diameter (rows report it only for biopsied lesions, as PAD does)."""
-    for key in ("_diameter", "diameter_1"):
-        if row.get(key) not in (None, ""):
-            return float(row[key])
-    return 7.0
-
-
-def _bool(rng: np.random.Generator, p_true: float) -> str:
-    return "True" if rng.random() < p_true else "False"
-
-
-# --------------------------------------------------------------------------------------------
-# Pictures
-# --------------------------------------------------------------------------------------------
+if TYPE_CHECKING:  # only a type here; config imports this module to generate the dataset
+    from datamodules.synthetic.config import SyntheticConfig
 
 SKIN = np.array([
     [0.96, 0.84, 0.76], [0.92, 0.77, 0.66], [0.84, 0.66, 0.53],
@@ -288,7 +94,7 @@ def draw_lesion(row: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
     image = image * (0.92 + 0.08 * _smooth_field(rng, size, 4))[..., None]  # skin mottling
 
     # Diameter: the lesion's size on the skin follows its diameter in mm (the photo's zoom varies).
-    radius = size * float(np.clip(0.06 + 0.016 * _diameter_mm(row), 0.08, 0.34))
+    radius = size * float(np.clip(0.06 + 0.016 * true_diameter_mm(row), 0.08, 0.34))
     cx, cy = size / 2, size / 2
     theta = np.arctan2(yy - cy, xx - cx)
     dist = np.hypot(xx - cx, yy - cy)

@@ -1,0 +1,1 @@
+"""Evaluation scores beyond torchmetrics' classifiers: lesion mass of attention maps, Recall@K."""

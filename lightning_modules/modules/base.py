@@ -1,0 +1,118 @@
+"""What every dermattn LightningModule shares: the injected network, optimiser wiring, the
+lesion-mass score of attention networks, and the evaluation report callbacks read.
+
+The network comes from the config (``model.init_args.net``: a ``class_path`` and its
+``init_args``), as a callable of ``(num_classes, meta_dim)``; the module never re-lists the
+network's arguments. Two subclasses say how to train it:
+
+- :class:`~lightning_modules.modules.classifier.LesionClassifier`: any network that maps
+  ``(image, meta)`` to logits (MetaBlock and baselines, AttnVGG, soft attention, a new one);
+  :class:`~lightning_modules.modules.protopnet.ProtoPNetModule` extends it with ProtoPNet's stages;
+- :class:`~lightning_modules.modules.metric_learning.MetricLearningModule`: embedding networks
+  (ABE-M), scored by retrieval and k-NN classification.
+
+Batches are dicts from :class:`datamodules.dataset.LesionDataset`: ``image``, ``meta``,
+``label``, ``index`` (and ``mask`` where the data has lesion masks).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from lightning_modules.contracts import AttentionNet, EvaluationReport, NetFactory
+from lightning_modules.metrics.lesion_mass import LesionMass
+from lightning_modules.modules.scores import ClassificationScores, LesionMassScores
+from lightning_modules.training.schedules import WarmupCosine
+
+
+class DermModule(L.LightningModule):
+    def __init__(
+        self,
+        net: NetFactory,
+        num_classes: int,
+        meta_dim: int = 0,
+        class_names: Optional[list[str]] = None,
+        class_weights: Optional[list[float]] = None,
+        monitor: str = "val/auroc",
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: Optional[LRSchedulerCallable] = None,
+    ):
+        """
+        Args:
+            net: the network, ``net(num_classes, meta_dim)`` (in YAML: ``class_path`` + ``init_args``).
+            num_classes, meta_dim, class_names, class_weights: from the datamodule (the CLI links
+                them; set them yourself when building a module by hand). ``class_weights`` are the
+                training split's inverse class frequencies, for losses that weight classes.
+            monitor: the validation metric that selects checkpoints and drives plateau schedules.
+            optimizer, scheduler: factories (LightningCLI ``class_path`` configs).
+        """
+        super().__init__()
+        # The optimiser/scheduler factories are config, not state: keep them out of the checkpoint
+        # so it loads with torch.load(weights_only=True). The network's config (a dict when the CLI
+        # built the module) stays: `load_from_checkpoint` rebuilds the network from it.
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        if not isinstance(self.hparams.get("net"), dict):
+            self.hparams.pop("net", None)  # a callable given by hand: not a plain value
+        self.class_names = list(class_names) if class_names else [str(k) for k in range(num_classes)]
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.net = net(num_classes, meta_dim)
+        self.attention_names = tuple(self.net.attention_names) if isinstance(self.net, AttentionNet) else ()
+        self.lesion_mass = LesionMassScores(self.attention_names)
+        self._reports: dict[str, EvaluationReport] = {}
+
+    # -- what callbacks may read -----------------------------------------------------------------
+    def evaluation_report(self, stage: str) -> Optional[EvaluationReport]:
+        """Per-class AUROC, confusion matrix (and test ROC curves) of the last ``stage`` epoch."""
+        return self._reports.get(stage)
+
+    def report(self, stage: str, scores: ClassificationScores) -> None:
+        """Compute ``stage``'s report from ``scores`` at epoch end, log its per-class AUROC and keep
+        it for :meth:`evaluation_report` (nothing during the sanity check)."""
+        report = scores.report(stage, discard=self.trainer.sanity_checking)
+        if report is None:
+            return
+        for name, value in report.auroc_per_class.items():
+            self.log(f"{stage}/auroc_{name}", value, sync_dist=False)
+        self._reports[stage] = report
+
+    # -- does the attention sit on the lesion? ---------------------------------------------------
+    def update_lesion_mass(self, stage: str, maps: Optional[dict[str, torch.Tensor]], batch: dict) -> None:
+        if maps and "mask" in batch and not self.trainer.sanity_checking:
+            self.lesion_mass.update(stage, maps, batch["mask"])
+
+    def log_lesion_mass(self, stage: str) -> None:
+        for name, value in self.lesion_mass.compute(stage, self.any_rank_counted).items():
+            self.log(f"{stage}/{name}", value, prog_bar=stage == "val" and name == "lesion_mass")
+
+    def any_rank_counted(self, metric: LesionMass) -> bool:
+        """Whether any process scored an image. Decided together (a collective), because
+        ``compute()`` syncs across processes and must be called by all of them or by none."""
+        return bool(self.trainer.strategy.reduce_boolean_decision(int(metric.count) > 0, all=False))
+
+    # -- optimisation --------------------------------------------------------------------------
+    def parameter_groups(self) -> Any:
+        """What the optimiser gets; subclasses return per-part groups (e.g. backbone vs head)."""
+        return self.parameters()
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        if isinstance(scheduler, WarmupCosine):
+            scheduler.run_epochs = self.trainer.max_epochs
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, ReduceLROnPlateau):
+            wanted = "min" if "loss" in self.hparams.monitor else "max"
+            if scheduler.mode != wanted:  # ReduceLROnPlateau defaults to "min": wrong for AUROC
+                raise ValueError(f"ReduceLROnPlateau watches {self.hparams.monitor}: set its mode: {wanted}")
+            config["monitor"] = self.hparams.monitor
+        return {"optimizer": optimizer, "lr_scheduler": config}

@@ -1,0 +1,52 @@
+"""A trained module back from its checkpoint, through Lightning's own ``load_from_checkpoint``.
+
+A training run's checkpoint holds tensors and plain values only (it loads with
+``torch.load(weights_only=True)``): LightningCLI stores the module's ``_class_path`` and its
+configuration, the network's ``class_path``/``init_args`` among it, and Lightning rebuilds the
+module from those. Only subclasses of :class:`~lightning_modules.modules.base.DermModule` are
+accepted, and a network that was pretrained is rebuilt without downloading anything (its
+weights are in the checkpoint).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightning_modules.modules.base import DermModule
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's contents (``weights_only``), or an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def module_class(class_path: str, path: str | Path) -> type[DermModule]:
+    module_name, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name, None) if module_name else None
+    if not (isinstance(cls, type) and issubclass(cls, DermModule)):
+        raise ValueError(f"{path}: its model class {class_path!r} is not a dermattn module (DermModule)")
+    return cls
+
+
+def load_module(path: str | Path, map_location: Any = "cpu") -> DermModule:
+    """The module a training run saved at ``path``, in eval mode."""
+    hparams = read_checkpoint(path).get("hyper_parameters", {})
+    if "_class_path" not in hparams or not isinstance(hparams.get("net"), dict):
+        raise ValueError(f"{path}: not a checkpoint of a dermattn training run (its hyper-parameters name no "
+                         "model class and network config; modules built by hand load with "
+                         "`YourModule.load_from_checkpoint(path, net=...)`)")
+    cls = module_class(hparams["_class_path"], path)
+    net = copy.deepcopy(hparams["net"])
+    options = net.setdefault("init_args", {})
+    if options.get("pretrained") or options.get("weights_path"):
+        options.update(pretrained=False, weights_path=None)  # the weights come from the checkpoint
+    module = cls.load_from_checkpoint(path, map_location=map_location, weights_only=True, net=net)
+    return module.eval()

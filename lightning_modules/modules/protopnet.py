@@ -1,0 +1,197 @@
+"""ProtoPNet training: the paper's stages as one schedule, and the push.
+
+    epochs [0, warmup)     warm-up: backbone frozen; add-on and prototypes at warm_lr
+    epochs [warmup, ...)   joint: backbone joint_backbone_lr, add-on and prototypes joint_lr,
+                           x joint_lr_gamma every joint_lr_step epochs
+    push epochs            ``push_prototypes`` (called by the ``PrototypePush`` callback after the
+                           epoch's last batch) projects every prototype onto its nearest training
+                           patch and optimises the last layer alone (convex), before that epoch's
+                           validation
+
+The stage learning rates are a ``LambdaLR`` with one factor per parameter group; the backbone is
+frozen in warm-up by ``requires_grad`` (so Adam keeps no moments from a stage where it does not
+train), and its BatchNorm layers stay in train mode and keep updating their statistics, as the
+reference code does. The last layer keeps its +1 / -0.5 initialisation during warm-up and joint
+training, as in the paper. Checkpoints are selected on ``val/push_auroc``: the validation AUROC of
+epochs that ended with a push (0 otherwise), so the tested model's prototypes are real training
+patches. (The reference code picked checkpoints on the test set.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.optim.lr_scheduler import LambdaLR
+
+from lightning_modules.contracts import PrototypeNet, StepResult
+from lightning_modules.modules.classifier import LesionClassifier
+from lightning_modules.protopnet.projection import (
+    broadcast_buffers_from_rank0,
+    fit_last_layer,
+    search_nearest_patches,
+    similarity_vectors,
+)
+from lightning_modules.protopnet.push import PushResult
+from lightning_modules.training.losses import PROTOPNET_LOSS_WEIGHTS, protopnet_loss
+
+
+class StageFactor:
+    """``LambdaLR`` factor of one parameter group: ``warm_factor`` in warm-up, then
+    ``gamma ** ((epoch - warmup_epochs) // step)``. An object rather than a lambda so that its
+    settings travel in the scheduler's state."""
+
+    def __init__(self, warmup_epochs: int, warm_factor: float, step: int, gamma: float):
+        self.warmup_epochs, self.warm_factor, self.step, self.gamma = warmup_epochs, warm_factor, step, gamma
+
+    def __call__(self, epoch: int) -> float:
+        if epoch < self.warmup_epochs:
+            return self.warm_factor
+        return self.gamma ** ((epoch - self.warmup_epochs) // self.step)
+
+
+@dataclass
+class PushOutcome:
+    epoch: int
+    result: PushResult  # per prototype: distance, source image index, cell, latent vector
+    unchanged: list[int]  # prototypes without an eligible image (kept their vectors)
+    last_layer_loss: float
+
+
+class ProtoPNetModule(LesionClassifier):
+    def __init__(
+        self,
+        cluster_weight: float = PROTOPNET_LOSS_WEIGHTS["clst"],
+        separation_weight: float = PROTOPNET_LOSS_WEIGHTS["sep"],
+        l1_weight: float = PROTOPNET_LOSS_WEIGHTS["l1"],
+        warmup_epochs: int = 5,
+        warm_lr: float = 3e-3,
+        joint_backbone_lr: float = 1e-4,
+        joint_lr: float = 3e-3,
+        joint_lr_step: int = 5,
+        joint_lr_gamma: float = 0.1,
+        weight_decay: float = 1e-3,
+        last_layer_epochs: int = 20,
+        last_layer_lr: float = 1e-4,
+        last_layer_batch_size: int = 256,
+        monitor: str = "val/push_auroc",
+        **kwargs: Any,
+    ):
+        """
+        Args:
+            cluster_weight, separation_weight, l1_weight: the paper's 0.8, -0.08, 1e-4.
+            warmup_epochs, warm_lr, joint_backbone_lr, joint_lr, joint_lr_step, joint_lr_gamma:
+                the stage schedule (the paper's values by default).
+            weight_decay: on backbone and add-on layers (not on prototypes), as in the paper's code.
+            last_layer_epochs, last_layer_lr, last_layer_batch_size: the last-layer-only
+                optimisation after each push.
+            **kwargs: :class:`~lightning_modules.modules.classifier.LesionClassifier` arguments; the
+                network (``net``) must be a :class:`~lightning_modules.contracts.PrototypeNet`
+                (``lightning_modules.nets.protopnet.ProtoPNet``).
+        """
+        super().__init__(monitor=monitor, **kwargs)
+        if not isinstance(self.net, PrototypeNet):
+            raise TypeError(f"ProtoPNetModule needs a network with prototypes, got {type(self.net).__name__}")
+        self.cost_weights = {"clst": cluster_weight, "sep": separation_weight, "l1": l1_weight}
+        self.push_epochs: list[int] = []
+        self._stage: Optional[str] = None
+
+    def forward(self, image: torch.Tensor, meta: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.net(image, meta).logits
+
+    def step(self, batch: dict, stage: str) -> StepResult:
+        output = self.net(batch["image"], batch["meta"])
+        total, terms = protopnet_loss(output, batch["label"], self.net, self.cost_weights,
+                                      self.net.class_specific, ce_loss=self.criterion)  # fmt: skip
+        maps = self.net.attention_from_output(output) if stage != "train" else None
+        return StepResult(loss=total, probs=output.logits.detach().float().softmax(dim=1), terms=terms, maps=maps)
+
+    # -- the stage schedule ----------------------------------------------------------------------
+    def stage(self, epoch: int) -> str:
+        return "warm" if epoch < self.hparams.warmup_epochs else "joint"
+
+    def parameter_groups(self) -> list[dict]:
+        groups = self.net.parameter_groups()
+        hp = self.hparams
+        return [
+            {"params": groups["backbone"], "name": "backbone", "lr": hp.joint_backbone_lr, "weight_decay": hp.weight_decay},
+            {"params": groups["add_on"], "name": "add_on", "lr": hp.joint_lr, "weight_decay": hp.weight_decay},
+            {"params": groups["prototypes"], "name": "prototypes", "lr": hp.joint_lr, "weight_decay": 0.0},
+        ]  # the last layer is trained only after pushes
+
+    def configure_optimizers(self) -> Any:
+        if self.scheduler_factory is not None:
+            raise ValueError("ProtoPNet sets its learning rates per stage; leave `scheduler` unset")
+        hp = self.hparams
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        warm_factor = {"backbone": 0.0, "add_on": hp.warm_lr / hp.joint_lr, "prototypes": hp.warm_lr / hp.joint_lr}
+        factors = [StageFactor(hp.warmup_epochs, warm_factor[g["name"]], hp.joint_lr_step, hp.joint_lr_gamma)
+                   for g in optimizer.param_groups]  # fmt: skip
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, factors), "interval": "epoch"}}
+
+    def on_train_epoch_start(self) -> None:
+        stage = self.stage(self.current_epoch)
+        for param in self.net.backbone.parameters():
+            param.requires_grad_(stage == "joint")
+        for param in self.net.last_layer.parameters():
+            param.requires_grad_(False)
+        if stage != self._stage:
+            rates = {g["name"]: g["lr"] for g in self.trainer.optimizers[0].param_groups}
+            rank_zero_info(f"ProtoPNet: epoch {self.current_epoch} starts the {stage} stage ({rates})")
+            self._stage = stage
+        self.log("train/stage_joint", float(stage == "joint"), on_epoch=True, on_step=False)
+
+    # -- the push --------------------------------------------------------------------------------
+    def push_prototypes(self, batches: Iterable[dict]) -> PushOutcome:
+        """Project every prototype onto its nearest training patch and optimise the last layer
+        alone. ``batches``: every training image once, un-augmented (this process's shard under
+        DDP), iterable twice (a DataLoader). A collective under DDP: every process calls it."""
+        epoch = self.current_epoch
+        was_training = self.training
+        self.eval()
+        distributed = self.trainer.world_size > 1
+        if distributed:
+            broadcast_buffers_from_rank0(self.net)
+        gather = self.all_gather if distributed else None
+        search = search_nearest_patches(self.net, batches, self.device, gather)
+        unchanged = search.project(self.net)
+        similarities, labels = similarity_vectors(self.net, batches, self.device, gather)
+        identity = self.net.prototype_class_identity if self.net.class_specific else None
+        loss = fit_last_layer(self.net.last_layer, similarities, labels, self.criterion, self.cost_weights["l1"],
+                              identity, self.hparams.last_layer_epochs, self.hparams.last_layer_lr,
+                              self.hparams.last_layer_batch_size, seed=len(self.push_epochs))  # fmt: skip
+        if distributed:
+            # Every rank fitted the same layer on the same data in the same order; kernels that are
+            # not bitwise deterministic could still let them drift, so rank 0's result is kept.
+            weight = self.trainer.strategy.broadcast(self.net.last_layer.weight.detach().cpu(), src=0)
+            self.net.last_layer.weight.data.copy_(weight.to(self.device))
+        self.push_epochs.append(epoch)
+        self.train(was_training)
+        result = search.result()
+        found = torch.isfinite(result.distance)
+        self.log("push/mean_distance", result.distance[found].mean() if found.any() else torch.tensor(0.0),
+                 on_step=False, on_epoch=True, sync_dist=False)  # fmt: skip
+        self.log("push/last_layer_loss", loss, on_step=False, on_epoch=True)
+        rank_zero_info(f"push after epoch {epoch}: {int(found.sum())} prototypes projected"
+                       f"{f', {len(unchanged)} without an eligible image' if unchanged else ''}; "
+                       f"last layer loss {loss:.4f}")
+        return PushOutcome(epoch, result, unchanged, loss)
+
+    # -- checkpoint selection among pushed epochs --------------------------------------------------
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        report = self.evaluation_report("val")
+        if self.trainer.sanity_checking or report is None:
+            return
+        pushed = bool(self.push_epochs) and self.push_epochs[-1] == self.current_epoch
+        macro = sum(report.auroc_per_class.values()) / len(report.auroc_per_class)
+        self.log("val/push_auroc", macro if pushed else 0.0)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["protopnet_push_epochs"] = list(self.push_epochs)
+        checkpoint["protopnet_last_push_epoch"] = self.push_epochs[-1] if self.push_epochs else -1
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.push_epochs = [int(e) for e in checkpoint.get("protopnet_push_epochs", [])]

@@ -1,0 +1,96 @@
+"""Pictures and records of ProtoPNet prototypes: where on its source image a prototype comes from.
+
+For a prototype projected onto cell (h, w) of a training image's latent map:
+
+- the **receptive-field box**: every input pixel that cell sees (``receptive_field.cell_box``);
+- the **activation box**: the bounding box of the pixels where the prototype's similarity map,
+  upsampled to the image, reaches its 95th percentile (the paper's high-activation crop);
+- three pictures: the patch (activation-box crop), the full image with both boxes (yellow:
+  receptive field, cyan: activation), and the similarity heat map overlaid.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lightning_modules.protopnet.receptive_field import cell_box
+from lightning_modules.utils.images import overlay
+
+RF_COLOUR = (255, 215, 0)
+ACTIVATION_COLOUR = (0, 255, 255)
+
+
+def upsample_map(similarity: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) similarity map -> (H, W) float array, bicubic as in the paper."""
+    return F.interpolate(similarity[None, None].float(), size=size, mode="bicubic", align_corners=False)[0, 0].cpu().numpy()
+
+
+def activation_box(activation: np.ndarray, percentile: float = 95.0) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` (end-exclusive) around every pixel at or above the percentile."""
+    ys, xs = np.nonzero(activation >= np.percentile(activation, percentile))
+    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+
+
+def draw_box(picture: np.ndarray, box: tuple[int, int, int, int], colour) -> np.ndarray:
+    y0, y1, x0, x1 = box
+    out = picture.copy()
+    cv2.rectangle(out, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), colour, 1)
+    return out
+
+
+def prototype_pictures(image: np.ndarray, activation: np.ndarray, rf_box, act_box) -> dict[str, np.ndarray]:
+    """``patch``, ``boxes`` and ``heatmap`` pictures (RGB uint8) of one prototype on its image."""
+    y0, y1, x0, x1 = act_box
+    span = activation.max() - activation.min()
+    heat = (activation - activation.min()) / (span if span > 0 else 1.0)
+    return {
+        "patch": np.ascontiguousarray(image[y0:y1, x0:x1]),
+        "boxes": draw_box(draw_box(image, rf_box, RF_COLOUR), act_box, ACTIVATION_COLOUR),
+        "heatmap": overlay(image[None], heat[None])[0],
+    }
+
+
+def describe_push(result, net, records, class_names, image_size: int) -> list[dict[str, Any]]:
+    """One entry per prototype after a push: its class and distance, and where it came from
+    (source image, cell, receptive-field box in the ``image_size`` training picture)."""
+    rf = net.receptive_field(image_size)
+    classes = net.prototype_classes.tolist()
+    out = []
+    for j in range(len(classes)):
+        i = int(result.image_index[j])
+        entry: dict[str, Any] = {"prototype": j, "class": class_names[classes[j]], "distance": float(result.distance[j])}
+        if i >= 0:
+            h, w = int(result.h[j]), int(result.w[j])
+            entry.update(image_index=i, image_id=records[i].image_id, image_path=str(records[i].image_path),
+                         image_class=class_names[records[i].label], cell=[h, w],
+                         receptive_field_box=list(cell_box(rf, h, w)))  # fmt: skip
+        out.append(entry)
+    return out
+
+
+@torch.no_grad()
+def activation_maps(net, entries: list[dict], image_of: Callable[[int], torch.Tensor],
+                    percentile: float = 95.0) -> dict[int, np.ndarray]:
+    """Add each sourced prototype's ``activation_box`` (the top-percentile box of its similarity
+    map on its source image) to its entry; return the upsampled maps by prototype, for pictures.
+    One forward pass per distinct source image (``image_of(index) -> (1, 3, H, W)``); the network
+    must be in eval mode."""
+    by_image: dict[int, list[dict]] = {}
+    for entry in entries:
+        if "image_index" in entry:
+            by_image.setdefault(entry["image_index"], []).append(entry)
+    maps: dict[int, np.ndarray] = {}
+    for i, group in by_image.items():
+        image = image_of(i)
+        distances = net(image).distances[0]
+        for entry in group:
+            similarity = net.distance_to_similarity(distances[entry["prototype"]])
+            activation = upsample_map(similarity, tuple(image.shape[-2:]))
+            entry["activation_box"] = list(activation_box(activation, percentile))
+            maps[entry["prototype"]] = activation
+    return maps

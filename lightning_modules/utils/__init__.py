@@ -1,0 +1,1 @@
+"""Plain helpers: atomic file writes, pictures, figures, image logging."""
