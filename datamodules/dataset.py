@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -67,8 +68,15 @@ class LesionDataset(Dataset):
         load_masks: bool = True,
         image_size: Optional[int] = None,
         rank: int = 0,
+        small_images: str = "error",
     ):
-        """``rank``: the DDP process, which seeds its own augmentation stream."""
+        """``rank``: the DDP process, which seeds its own augmentation stream. ``small_images``:
+        what an image far smaller than ``image_size`` (shorter side under a quarter of it) gets:
+        ``error`` (training: such a file is almost always a mistake, a thumbnail or a broken
+        export) or ``warn`` (prediction: it is still predicted, but the user should know)."""
+        if small_images not in ("error", "warn"):
+            raise ValueError(f"small_images must be 'error' or 'warn', got {small_images!r}")
+        self.small_images = small_images
         self.records = list(records)
         self.rank = rank
         self.encoder = encoder  # shared: a checkpoint's encoder, once loaded, applies at once
@@ -76,6 +84,14 @@ class LesionDataset(Dataset):
         self.dataset = dataset
         self.image_size = image_size
         self.with_masks = load_masks and bool(self.records) and all(r.mask_path is not None for r in self.records)
+
+    def _small_image(self, record: LesionRecord, shape: tuple[int, int]) -> None:
+        where = f" (CSV line {record.line})" if record.line else ""
+        message = (f"{self.dataset}: {record.image_path}{where} is {shape[1]} x {shape[0]} px, far smaller than "
+                   f"the {self.image_size} px it is resized to")
+        if self.small_images == "error":
+            raise DatasetError(f"{message}; remove it from the data or lower --data.image_size")
+        warnings.warn(f"{message}; its prediction rests on an upsampled blur", stacklevel=3)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -85,6 +101,8 @@ class LesionDataset(Dataset):
         # Decode at no less than twice the training size: the resize then still anti-aliases.
         min_side = 2 * self.image_size if self.image_size else None
         image = load_rgb(record.image_path, self.dataset, record.line, min_side)
+        if self.image_size and 4 * min(image.shape[:2]) < self.image_size:
+            self._small_image(record, image.shape[:2])
         if self.with_masks:
             mask = load_mask(record.mask_path, self.dataset)
             if mask.shape != image.shape[:2]:

@@ -55,6 +55,7 @@ class LesionDataModule(L.LightningDataModule):
         min_class_images: int = 0,
         verify_images: bool = False,
         pk_batches: Optional[tuple[int, int]] = None,
+        small_images: str = "error",
     ):
         """
         Args:
@@ -77,6 +78,8 @@ class LesionDataModule(L.LightningDataModule):
                 files together, before training starts.
             pk_batches: ``[P, K]``: training batches of P classes x K images (metric learning needs
                 positive pairs in every batch); ``batch_size`` is then ignored for training.
+            small_images: an image whose shorter side is under a quarter of ``image_size`` is an
+                ``error`` (training) or a ``warn``-ing (prediction sets this).
         """
         super().__init__()
         if dataset not in DATASETS:
@@ -162,7 +165,8 @@ class LesionDataModule(L.LightningDataModule):
         for split in wanted.get(stage, (*SPLITS, hp.predict_split)):
             transform = train_tf if split == "train" else eval_tf
             self.datasets[split] = LesionDataset(
-                self.records(split), self.encoder, transform, hp.dataset, hp.load_masks, hp.image_size, rank
+                self.records(split), self.encoder, transform, hp.dataset, hp.load_masks, hp.image_size, rank,
+                hp.small_images,
             )
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
@@ -208,7 +212,8 @@ class LesionDataModule(L.LightningDataModule):
         evaluation transform and the given (trained) metadata encoder."""
         hp = self.hparams
         transform = build_transforms(False, hp.image_size, hp.augment, hp.normalize_mean, hp.normalize_std)
-        data = LesionDataset(records, encoder, transform, dataset, False, hp.image_size)
+        data = LesionDataset(records, encoder, transform, dataset, False, hp.image_size,
+                             small_images=hp.small_images)
         return DataLoader(data, batch_size=hp.eval_batch_size or hp.batch_size, num_workers=hp.num_workers)
 
     def eval_batch(self, split: str, indices: Sequence[int]) -> dict:

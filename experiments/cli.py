@@ -24,8 +24,12 @@ are set in YAML; both watch the model's ``monitor`` unless told otherwise.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import sys
 import time
+import warnings
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -36,11 +40,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.lesion_datamodule import LesionDataModule
 from experiments.loggers import make_csv_logger, make_wandb_logger
-from experiments.net_options import expand_net_shorthands
+from experiments.net_options import ConfigError, UnknownOptionError, closest, expand_net_shorthands
 from lightning_modules.callbacks.attention_maps import AttentionMapLogger
 from lightning_modules.callbacks.evaluation_figures import EvaluationFigures
+from lightning_modules.callbacks.interruption import ResumableInterruption
 from lightning_modules.callbacks.test_results import TestResultsWriter
 from lightning_modules.modules.base import DermModule
+from lightning_modules.modules.loading import CheckpointError, read_checkpoint
 from lightning_modules.nets.backbones import normalisation_mismatch
 from lightning_modules.utils.atomic_io import AtomicCheckpointIO
 
@@ -67,24 +73,56 @@ class SaveRunConfig(SaveConfigCallback):
 class DermCLI(LightningCLI):
     def __init__(self, args: Optional[Sequence[str]] = None, **kwargs):
         self.run_dir: Optional[Path] = None
+        self.created_run_dir = False
         args = list(sys.argv[1:] if args is None else args)
         self.resumed_config = resumed_run_config(args)
         if self.resumed_config is not None:  # the run's own settings, then the new overrides
             args = with_run_config(args, self.resumed_config)
         args = expand_net_shorthands(args, [BASE_CONFIG])
-        super().__init__(
-            DermModule,
-            LesionDataModule,
-            subclass_mode_model=True,
-            save_config_callback=SaveRunConfig,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"default_config_files": [str(BASE_CONFIG)]},
-            seed_everything_default=42,
-            auto_configure_optimizers=False,  # modules take optimizer/scheduler factories
-            args=args,
-            run=False,
-            **kwargs,
-        )
+        try:
+            with warnings.catch_warnings():
+                # The arguments are always passed explicitly (rewritten above), never read from
+                # sys.argv by Lightning, so its warning about giving both does not apply.
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+                super().__init__(
+                    DermModule,
+                    LesionDataModule,
+                    subclass_mode_model=True,
+                    save_config_callback=SaveRunConfig,
+                    save_config_kwargs={"overwrite": True},
+                    # No abbreviations: `--trainer.max_epoch` must not silently mean max_epochs.
+                    parser_kwargs={"default_config_files": [str(BASE_CONFIG)], "allow_abbrev": False,
+                                   "exit_on_error": False},
+                    seed_everything_default=42,
+                    auto_configure_optimizers=False,  # modules take optimizer/scheduler factories
+                    args=args,
+                    run=False,
+                    **kwargs,
+                )
+        except ArgumentError as err:
+            self.discard_new_run_dir()
+            raise explain_parse_error(err, getattr(self, "parser", None)) from None
+        except BaseException:
+            self.discard_new_run_dir()  # bad data or config: no empty run folder is left behind
+            raise
+
+    def resume_command(self) -> str:
+        """How to resume this run, as the user started it (``make train EXP=...`` for a config in
+        experiments/), with ``{ckpt}`` for the checkpoint."""
+        config = next((Path(str(c)) for c in reversed(self.config.get("config") or [])
+                       if Path(str(c)).parent.resolve() == EXPERIMENTS_DIR), None)  # fmt: skip
+        if config is not None:
+            return f"make train EXP={config.stem} RESUME={{ckpt}}"
+        return "python -m experiments.train --resume {ckpt}"
+
+    def discard_new_run_dir(self) -> None:
+        """Remove the run folder this run created if nothing worth keeping is in it yet (no
+        checkpoint): a run that failed before training leaves no empty folder behind."""
+        if not self.created_run_dir or self.run_dir is None or not self.run_dir.is_dir():
+            return
+        if os.environ.get("LOCAL_RANK", "0") != "0" or any(self.run_dir.glob("checkpoints/*.ckpt")):
+            return
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run.name", type=str, default="experiment", help="run folder: runs/<name>/...")
@@ -111,8 +149,8 @@ class DermCLI(LightningCLI):
             rank_zero_warn("balanced_sampler and weighted_loss both correct the class imbalance; "
                            "set --model.init_args.weighted_loss=false to correct it once")
         warn_normalisation_mismatch(model.net.get("init_args") or {}, config.data)
-        self.run_dir = resolve_run_dir(config.run.root, config.run.name, config.run.dir, config.resume,
-                                       config.seed_everything)
+        self.run_dir, self.created_run_dir = resolve_run_dir(config.run.root, config.run.name, config.run.dir,
+                                                             config.resume, config.seed_everything)
         os.environ[RUN_DIR_ENV] = str(self.run_dir)
         config.trainer.default_root_dir = str(self.run_dir)
         config.checkpoint.dirpath = config.checkpoint.dirpath or str(self.run_dir / "checkpoints")
@@ -139,11 +177,29 @@ class DermCLI(LightningCLI):
         ]  # fmt: skip
         if self.config_init.early_stopping is not None:
             callbacks.append(self.config_init.early_stopping)
+        callbacks.append(ResumableInterruption(str(run_dir / "checkpoints"), self.resume_command()))
         plugins = self.config_init.trainer.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         return super().instantiate_trainer(logger=loggers, callbacks=callbacks, plugins=plugins, **kwargs)
+
+
+def explain_parse_error(err: ArgumentError, parser) -> ConfigError:
+    """The parser's complaint as an error led by the offending key and the closest valid keys."""
+    message = str(err)
+    unknown = re.findall(r"--([\w.@]+)", message) if "nrecognized arguments" in message else []
+    if not unknown or parser is None:
+        return ConfigError(message)
+    try:
+        keys = [k for k in parser.get_defaults().keys() if not k.startswith("__")]
+    except Exception:  # noqa: BLE001 - suggestions are a courtesy; the key is named either way
+        keys = []
+    lines = []
+    for key in unknown:
+        near = closest(key, keys)
+        lines.append(f"unknown option --{key}" + (f"; did you mean {' or '.join('--' + k for k in near)}?" if near else ""))
+    return UnknownOptionError("\n".join(lines))
 
 
 def warn_normalisation_mismatch(net_args, data) -> None:
@@ -166,8 +222,11 @@ def resumed_run_config(args: Sequence[str]) -> Optional[Path]:
             resume = arg.split("=", 1)[1]
     if not resume or resume in ("null", "None"):
         return None
-    if not Path(resume).is_file():
-        raise FileNotFoundError(f"--resume: checkpoint {resume} does not exist")
+    try:  # before anything is written to the run folder
+        read_checkpoint(resume, mmap=True)
+    except (FileNotFoundError, CheckpointError) as err:
+        raise type(err)(f"--resume: {err}. Nothing in its run folder was changed; resume from another of its "
+                        "checkpoints (checkpoints/last.ckpt is written at the end of every epoch)") from None
     config = Path(resume).resolve().parent.parent / "config.yaml"
     return config if config.is_file() else None
 
@@ -210,7 +269,8 @@ def external_job_id() -> Optional[str]:
     return None
 
 
-def resolve_run_dir(root: str, name: str, explicit: Optional[str], resume: Optional[str], seed) -> Path:
+def resolve_run_dir(root: str, name: str, explicit: Optional[str], resume: Optional[str], seed) -> tuple[Path, bool]:
+    """The run's folder, and whether this call created it."""
     if resume:
         path = Path(resume).resolve().parent.parent  # <run>/checkpoints/last.ckpt
     elif os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
@@ -231,5 +291,6 @@ def resolve_run_dir(root: str, name: str, explicit: Optional[str], resume: Optio
             while path.exists():
                 suffix += 1
                 path = Path(root) / name / f"{stamp}-s{seed}-{suffix}"
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
-    return path
+    return path, created

@@ -14,6 +14,7 @@ Which classes are meant is read from the same config files the parser reads (the
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from pathlib import Path
@@ -23,6 +24,25 @@ import yaml
 
 PREFIX = "--model.init_args."
 NET_PREFIX = "--model.init_args.net.init_args."
+
+
+class ConfigError(ValueError):
+    """The configuration or command line cannot be used as given (the message says why)."""
+
+
+class UnknownOptionError(ConfigError):
+    """A command-line option that no part of the configuration accepts (with the closest ones)."""
+
+
+def closest(name: str, candidates: Sequence[str], n: int = 3) -> list[str]:
+    return difflib.get_close_matches(name, sorted(candidates), n=n, cutoff=0.6)
+
+
+def unknown_option(option: str, where: str, candidates: Sequence[str]) -> UnknownOptionError:
+    name = option.rpartition(".")[2]
+    near = closest(name, candidates)
+    hint = f"; did you mean {' or '.join(repr(c) for c in near)}?" if near else ""
+    return UnknownOptionError(f"unknown option {option}: {where} has no option {name!r}{hint}")
 
 
 def _import(class_path: Optional[str]) -> Optional[type]:
@@ -85,12 +105,22 @@ def selected_classes(args: Sequence[str], default_configs: Sequence[Path]) -> tu
 def expand_net_shorthands(args: Sequence[str], default_configs: Sequence[Path] = ()) -> list[str]:
     """``args`` with every ``--model.init_args.<network option>`` spelt out in full."""
     model_path, net_path = selected_classes(args, default_configs)
-    module_options, net_options = _parameters(_import(model_path)), _parameters(_import(net_path))
+    module_cls, net_cls = _import(model_path), _import(net_path)
+    module_options, net_options = _parameters(module_cls), _parameters(net_cls)
     out = []
     for arg in args:
-        if arg.startswith(PREFIX) and not arg.startswith("--model.init_args.net."):
-            name = arg[len(PREFIX):].partition("=")[0]
-            if "." not in name and name not in module_options and name in net_options:
-                arg = NET_PREFIX + arg[len(PREFIX):]
+        key = arg.partition("=")[0]
+        if arg.startswith(NET_PREFIX) and net_cls is not None:
+            name = key[len(NET_PREFIX):]
+            if "." not in name and name not in net_options:
+                raise unknown_option(key, f"the network {net_cls.__name__}", net_options)
+        elif arg.startswith(PREFIX) and not arg.startswith("--model.init_args.net."):
+            name = key[len(PREFIX):]
+            if "." not in name and name not in module_options:
+                if name in net_options:
+                    arg = NET_PREFIX + arg[len(PREFIX):]
+                elif module_cls is not None and net_cls is not None:
+                    where = f"the module {module_cls.__name__} or its network {net_cls.__name__}"
+                    raise unknown_option(key, where, module_options | net_options)
         out.append(arg)
     return out

@@ -51,6 +51,7 @@ def build_datamodule(checkpoint: dict, dataset: Optional[str], data_dir: Optiona
     if data_dir is not None:
         hparams["data_dir"] = data_dir
     hparams["predict_split"] = split
+    hparams["small_images"] = "warn"  # predicted with a warning, not refused
     if batch_size:
         hparams["eval_batch_size"] = batch_size
     if num_workers is not None:

@@ -6,10 +6,15 @@ Fits, then tests the best checkpoint once (metrics.json, predictions.csv in the 
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+import signal  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
+from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
 
 from experiments.cli import RUN_DIR_ENV, DermCLI  # noqa: E402
 
@@ -32,13 +37,35 @@ def main(args=None):
         if cli.config.run.test and not trainer.interrupted:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+    except SIGTERMException as err:
+        # Preempted (the checkpoint is saved): exit non-zero, as a killed job would, so that
+        # schedulers requeue it and scripts notice.
+        raise SystemExit(128 + signal.SIGTERM) from err
+    except BaseException:
+        cli.discard_new_run_dir()  # failed before a checkpoint was written: no empty run folder
+        raise
     finally:
         if os.environ.get("LOCAL_RANK", "0") == "0":
             os.environ.pop(RUN_DIR_ENV, None)
         finish_wandb()
     rank_zero_info(f"finished: {cli.run_dir}")
+    sync = wandb_sync_command(cli.run_dir)
+    if sync:
+        rank_zero_info(f"W&B (offline): upload with `{sync}`")
     return cli.run_dir
 
 
+def wandb_sync_command(run_dir: Path) -> str:
+    """The one ``wandb sync`` that uploads every offline part of the run, oldest first (a resumed
+    run writes one ``offline-run-*`` folder per session, all with the run's id)."""
+    parts = sorted((run_dir / "wandb").glob("offline-run-*"))
+    return "wandb sync " + " ".join(str(p) for p in parts) if parts else ""
+
+
 if __name__ == "__main__":
-    main()
+    from experiments.net_options import ConfigError
+
+    try:
+        main()
+    except ConfigError as err:  # what the user typed: the message, not a traceback
+        sys.exit(f"error: {err}")

@@ -166,6 +166,26 @@ def test_image_deleted_after_reading_names_path_and_line(tmp_path):
     assert ds.csv_path.is_file()
 
 
+def test_a_far_too_small_image_is_an_error_in_training_and_a_warning_in_predict(tmp_path):
+    """A 1 x 1 px file resized to 64 px would be trained on (or predicted) without a word."""
+    from PIL import Image
+
+    w.write_pad_ufes20(tmp_path, n=4)
+    table = read_table("pad_ufes20", tmp_path)
+    victim = table.records[2].image_path
+    Image.new("RGB", (1, 1), (200, 100, 50)).save(victim)
+    encoder = MetadataEncoder(*table.split_features()).fit(table.records)
+    transform = build_transforms(False, 64, "none")
+    training = LesionDataset(table.records, encoder, transform, table.dataset, image_size=64)
+    assert training[1]["image"].shape == (3, 64, 64)  # 32-40 px files are fine at 64 px
+    with pytest.raises(DatasetError, match=f"pad_ufes20: {esc(victim)} \\(CSV line 4\\) is 1 x 1 px, far smaller "
+                                           "than the 64 px it is resized to; remove it"):
+        training[2]
+    predicting = LesionDataset(table.records, encoder, transform, table.dataset, image_size=64, small_images="warn")
+    with pytest.warns(UserWarning, match=f"{esc(victim)} \\(CSV line 4\\) is 1 x 1 px"):
+        assert predicting[2]["image"].shape == (3, 64, 64)
+
+
 # --------------------------------------------------------------------------------------------
 # Labels
 # --------------------------------------------------------------------------------------------

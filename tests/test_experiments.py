@@ -43,6 +43,20 @@ def test_fast_dev_run_every_experiment(config, tmp_path, synthetic_cache):
     assert (run_dir / "predictions.csv").is_file()
 
 
+def test_a_partial_test_split_scores_only_the_classes_it_has(tmp_path, synthetic_cache):
+    """One test batch rarely holds every class: those without a positive get AUROC null (not 0.0)
+    and the macro AUROC averages the rest."""
+    run_dir = train(quick_args(REPO / "experiments" / "metablock.yaml", tmp_path, synthetic_cache,
+                               "--trainer.fast_dev_run=true", "--data.batch_size=8"))  # fmt: skip
+    test = json.loads((run_dir / "metrics.json").read_text())["test"]
+    with open(run_dir / "predictions.csv") as handle:
+        present = {r["label"] for r in csv.DictReader(handle)}
+    assert 0 < len(present) < 6 and test["auroc_classes_scored"] == len(present)
+    scored = {name: v for name, v in test["auroc_per_class"].items() if v is not None}
+    assert set(scored) == present
+    assert test["auroc"] == pytest.approx(sum(scored.values()) / len(scored), abs=1e-6)
+
+
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory, synthetic_cache):
     """Two epochs of the MetaBlock experiment (a few batches each), then a test of the best epoch."""

@@ -53,3 +53,33 @@ def test_classification_loss_factory():
     assert torch.equal(ce.weight, torch.tensor([1.0, 2.0]))
     with pytest.raises(ValueError, match="loss"):
         classification_loss("hinge", None)
+
+
+def test_auroc_leaves_out_classes_that_cannot_be_scored():
+    """A class without positives in the evaluated images is NaN (with a warning naming it) and
+    the macro AUROC averages the others; with every class present it is torchmetrics' value."""
+    from torchmetrics.classification import MulticlassAUROC
+
+    from lightning_modules.metrics.auroc import ScorableAUROC
+
+    torch.manual_seed(0)
+    probs = torch.randn(12, 3).softmax(1)
+    present = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2])
+    ours, reference = ScorableAUROC(3), MulticlassAUROC(3, average="macro")
+    ours.update(probs, present)
+    reference.update(probs, present)
+    assert torch.equal(ours.compute(), reference.compute())
+
+    absent = torch.tensor([0, 1, 0, 0, 1, 1, 0, 1, 0, 0, 1, 1])  # class "c" never occurs
+    per_class = ScorableAUROC(3, average=None, class_names=["a", "b", "c"])
+    macro = ScorableAUROC(3, class_names=["a", "b", "c"])
+    for metric in (per_class, macro):
+        metric.update(probs, absent)
+    with pytest.warns(UserWarning, match=r"class\(es\) \['c'\] have no positive or no negative .* other 2 of 3"):
+        values = per_class.compute()
+    assert math.isnan(values[2]) and not math.isnan(values[0])
+    with pytest.warns(UserWarning):
+        assert macro.compute() == pytest.approx(float(values[:2].mean()))
+    torchmetrics_macro = MulticlassAUROC(3, average="macro")
+    torchmetrics_macro.update(probs, absent)
+    assert torchmetrics_macro.compute() < macro.compute()  # the 0.0 it reports drags the mean down

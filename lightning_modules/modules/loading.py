@@ -20,12 +20,21 @@ import torch
 from lightning_modules.modules.base import DermModule
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's contents (``weights_only``), or an error naming the file."""
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, corrupt, or not a checkpoint)."""
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint's contents (``weights_only``), or an error naming the file. ``mmap`` maps
+    the tensors instead of reading them (a cheap check that the whole file is intact)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); it may "
+                              "have been truncated by an interrupted write or copy") from err
 
 
 def module_class(class_path: str, path: str | Path) -> type[DermModule]:

@@ -186,7 +186,8 @@ class ProtoPNetModule(LesionClassifier):
         if self.trainer.sanity_checking or report is None:
             return
         pushed = bool(self.push_epochs) and self.push_epochs[-1] == self.current_epoch
-        macro = sum(report.auroc_per_class.values()) / len(report.auroc_per_class)
+        scored = [v for v in report.auroc_per_class.values() if v == v]  # NaN: a class that cannot be scored
+        macro = sum(scored) / len(scored) if scored else 0.0
         self.log("val/push_auroc", macro if pushed else 0.0)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -1,7 +1,8 @@
 """The scoring machinery every module shares, written once.
 
 - :class:`ClassificationScores`: one torchmetrics ``MetricCollection`` per stage (macro
-  one-vs-rest AUROC, balanced accuracy = macro recall, accuracy), logged as metric objects, and
+  one-vs-rest AUROC over the classes that can be scored, balanced accuracy = macro recall,
+  accuracy), logged as metric objects, and
   for evaluation stages the per-class AUROC, confusion matrix and (test) ROC curves computed at
   epoch end into an :class:`~lightning_modules.contracts.EvaluationReport`.
 - :class:`LesionMassScores`: for networks with attention, on data with lesion masks, the share of
@@ -17,13 +18,13 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
-    MulticlassAUROC,
     MulticlassConfusionMatrix,
     MulticlassRecall,
     MulticlassROC,
 )
 
 from lightning_modules.contracts import EvaluationReport
+from lightning_modules.metrics.auroc import ScorableAUROC
 from lightning_modules.metrics.lesion_mass import LesionMass
 
 STAGES = ("train", "val", "test")
@@ -37,7 +38,7 @@ class ClassificationScores(nn.Module):
         self.scalars = nn.ModuleDict({
             f"{stage}_scores": MetricCollection(
                 {
-                    "auroc": MulticlassAUROC(num_classes, average="macro"),
+                    "auroc": ScorableAUROC(num_classes, average="macro", class_names=class_names),
                     "bacc": MulticlassRecall(num_classes, average="macro"),
                     "acc": MulticlassAccuracy(num_classes, average="micro"),
                 },
@@ -50,7 +51,8 @@ class ClassificationScores(nn.Module):
         for stage in stages:
             if stage == "train":
                 continue
-            details = MetricCollection({"auroc_per_class": MulticlassAUROC(num_classes, average=None),
+            details = MetricCollection({"auroc_per_class": ScorableAUROC(num_classes, average=None,
+                                                                         class_names=class_names),
                                         "confusion_matrix": MulticlassConfusionMatrix(num_classes)})  # fmt: skip
             if stage == "test":
                 details.add_metrics({"roc": MulticlassROC(num_classes)})

@@ -1,0 +1,103 @@
+"""Interruption as a scheduler or a user does it: signals sent to a real training process."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.train import main as train
+from tests.test_experiments import REPO, quick_args
+
+LIMITS = ("--trainer.max_epochs=3", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
+          "--run.test=false")  # fmt: skip
+
+
+def start_paused_run(tmp_path: Path, synthetic_cache: Path, step: int) -> tuple[subprocess.Popen, Path]:
+    marker = tmp_path / "paused"
+    pause = [{"class_path": "tests.interrupt_helpers.PauseAtStep", "init_args": {"step": step, "marker": str(marker)}}]
+    args = quick_args(REPO / "experiments" / "metablock.yaml", tmp_path / "runs", synthetic_cache, *LIMITS,
+                      f"--trainer.callbacks={json.dumps(pause)}")  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the run never reached the pause"
+        time.sleep(0.1)
+    return process, marker
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 1)],
+                         ids=["sigterm", "ctrl-c"])
+def test_a_signal_mid_epoch_saves_a_resumable_checkpoint(sig, code, tmp_path, synthetic_cache):
+    process, marker = start_paused_run(tmp_path, synthetic_cache, step=6)  # epoch 1, third batch
+    assert marker.read_text() == "1 1"
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == code, err[-3000:]
+    (run_dir,) = (tmp_path / "runs" / "metablock").iterdir()
+    interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
+    assert f"resume with: make train EXP=metablock RESUME={interrupted}" in err
+    state = torch.load(interrupted, map_location="cpu", weights_only=True)
+    assert state["epoch"] == 1 and state["global_step"] == 6
+
+    # Resume as the message says (the run's own config.yaml supplies the data settings).
+    resumed = train(["--config", str(REPO / "experiments" / "metablock.yaml"), f"--resume={interrupted}",
+                     "--trainer.enable_progress_bar=false"])  # fmt: skip
+    assert resumed == run_dir
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == 12
+    with open(run_dir / "metrics.csv") as handle:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(handle) if r.get("val/auroc")]
+    assert epochs == [0, 1, 2]  # every epoch exactly once
+    parts = sorted((run_dir / "wandb").glob("offline-run-*"))
+    wandb_id = (run_dir / "wandb_id.txt").read_text()
+    assert len(parts) == 2 and all(p.name.endswith(wandb_id) for p in parts)  # one W&B run, two sessions
+
+    from experiments.train import wandb_sync_command
+
+    assert wandb_sync_command(run_dir) == f"wandb sync {parts[0]} {parts[1]}"
+
+
+def test_a_truncated_checkpoint_is_named_and_changes_nothing(tmp_path, synthetic_cache):
+    from lightning_modules.modules.loading import CheckpointError
+
+    run_dir = train(quick_args(REPO / "experiments" / "metablock.yaml", tmp_path, synthetic_cache,
+                               "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                               "--trainer.limit_val_batches=1", "--run.test=false", "--run.wandb=false"))  # fmt: skip
+    last = run_dir / "checkpoints" / "last.ckpt"
+    broken = run_dir / "checkpoints" / "copied.ckpt"
+    broken.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    before = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(CheckpointError, match=f"--resume: {broken} is not a readable checkpoint"):
+        train(["--config", str(REPO / "experiments" / "metablock.yaml"), f"--resume={broken}"])
+    from experiments.predict import predict
+
+    with pytest.raises(CheckpointError, match=f"{broken} is not a readable checkpoint"):
+        predict(str(broken), split="test", num_workers=0, accelerator="cpu")
+    assert {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_that_fails_before_training_leaves_no_folder(tmp_path, synthetic_cache):
+    from datamodules.records import DatasetError
+    from experiments.net_options import UnknownOptionError
+
+    config = REPO / "experiments" / "metablock.yaml"
+    with pytest.raises(DatasetError):
+        train(quick_args(config, tmp_path, synthetic_cache, "--data.dataset=pad_ufes20",
+                         f"--data.data_dir={tmp_path / 'nowhere'}", "--data.source_options=null"))
+    with pytest.raises(UnknownOptionError, match=r"--trainer.max_epoch; did you mean --trainer.max_epochs"):
+        train(quick_args(config, tmp_path, synthetic_cache, "--trainer.max_epoch=1"))  # no abbreviations
+    with pytest.raises(UnknownOptionError, match=r"no option 'backbon'; did you mean 'backbone'\?"):
+        train(quick_args(config, tmp_path, synthetic_cache, "--model.init_args.backbon=resnet18"))
+    assert not any((tmp_path / "metablock").glob("*"))  # the parent may stay; no run folder in it
