@@ -3,6 +3,7 @@
 #   make predict CKPT=runs/metablock/<run>/checkpoints/last.ckpt [DATA=... DATA_DIR=...] [SPLIT=test] [OUT=preds.csv]
 #   make predict CKPT=... DATA=isic2020 DATA_DIR=/path SPLIT=unlabeled   (the challenge test set)
 #   make predict CKPT=... IMAGES=/folder/of/pictures                     (new images, no metadata)
+#   make predict CKPT="a.ckpt b.ckpt" TTA=8                              (ensemble, 8 dihedral views)
 #   make test        fast test suite (a few minutes on 2 CPU cores)
 #   make test-slow   the slow integration tests (DDP on CPU, longer runs)
 #   make bench       training and data-loading throughput of the default experiment
@@ -22,6 +23,7 @@ RESUME ?=
 CKPT ?=
 SPLIT ?= all
 OUT ?=
+TTA ?= 1
 
 # albumentations otherwise checks for updates over the network at import.
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -44,9 +46,9 @@ install: $(STAMP) ## create .venv and install the project with its dev extras
 train: $(STAMP) ## train EXP (default metablock) on DATA (default: built-in synthetic)
 	$(PY) -m experiments.train --config experiments/$(EXP).yaml $(DATA_ARGS) $(if $(RESUME),--resume=$(RESUME)) $(ARGS)
 
-predict: $(STAMP) ## per-image class probabilities from CKPT on DATA/DATA_DIR (SPLIT=all|train|val|test|unlabeled) or IMAGES=folder
+predict: $(STAMP) ## per-image class probabilities from CKPT (several: an ensemble; TTA=8) on DATA/DATA_DIR (SPLIT=all|train|val|test|unlabeled) or IMAGES=folder
 	@test -n "$(CKPT)" || { echo "usage: make predict CKPT=path/to.ckpt [DATA=... DATA_DIR=...] [SPLIT=all|unlabeled] [IMAGES=folder] [OUT=file.csv]"; exit 2; }
-	$(PY) -m experiments.predict --ckpt $(CKPT) $(if $(DATA),--dataset $(DATA)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --split $(SPLIT) $(if $(IMAGES),--images $(IMAGES)) $(if $(OUT),--out $(OUT))
+	$(PY) -m experiments.predict --ckpt $(CKPT) $(if $(DATA),--dataset $(DATA)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --split $(SPLIT) $(if $(IMAGES),--images $(IMAGES)) $(if $(OUT),--out $(OUT)) --tta $(TTA)
 
 test: $(STAMP) ## fast test suite
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

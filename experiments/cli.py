@@ -45,6 +45,7 @@ from lightning_modules.callbacks.attention_maps import AttentionMapLogger
 from lightning_modules.callbacks.evaluation_figures import EvaluationFigures
 from lightning_modules.callbacks.interruption import ResumableInterruption
 from lightning_modules.callbacks.test_results import TestResultsWriter
+from lightning_modules.callbacks.wandb_panels import WandbPanels
 from lightning_modules.modules.base import DermModule
 from lightning_modules.modules.loading import CheckpointError, read_checkpoint
 from lightning_modules.nets.backbones import normalisation_mismatch
@@ -131,6 +132,9 @@ class DermCLI(LightningCLI):
                             help="exact (new) run folder, e.g. for multi-node jobs")
         parser.add_argument("--run.wandb", type=bool, default=True, help="log to Weights & Biases")
         parser.add_argument("--run.wandb_project", type=str, default="dermattn")
+        parser.add_argument("--run.wandb_group", type=Optional[str], default=None,
+                            help="W&B group (e.g. the folds of one cross-validation)")
+        parser.add_argument("--run.wandb_job_type", type=str, default="train", help="W&B job type: train, cv, compare")
         parser.add_argument("--run.test", type=bool, default=True, help="test the best checkpoint after fit")
         parser.add_argument("--resume", type=Optional[str], default=None, help="last.ckpt to continue from")
         for name in ("num_classes", "meta_dim", "class_names", "class_weights"):
@@ -165,7 +169,10 @@ class DermCLI(LightningCLI):
         run, run_dir = self.config.run, self.run_dir
         loggers = [make_csv_logger(run_dir)]
         if run.wandb:
-            loggers.append(make_wandb_logger(run_dir, run.name, run.wandb_project))
+            net = self.config.model.init_args.net.class_path.rpartition(".")[2]
+            tags = [net, self.config.data.dataset, f"fold{self.config.data.fold}"]
+            loggers.append(make_wandb_logger(run_dir, run.name, run.wandb_project, group=run.wandb_group,
+                                             job_type=run.wandb_job_type, tags=tags))
         callbacks = list(self.config_init.trainer.get("callbacks") or [])
         callbacks += [
             self.config_init.checkpoint,
@@ -175,6 +182,8 @@ class DermCLI(LightningCLI):
             TestResultsWriter(str(run_dir), extra={"experiment": run.name, "run_dir": str(run_dir),
                                                    "data": self.datamodule.summary()}),
         ]  # fmt: skip
+        if run.wandb:  # after the test writer: its panels are built from predictions.csv / metrics.json
+            callbacks.append(WandbPanels(str(run_dir)))
         if self.config_init.early_stopping is not None:
             callbacks.append(self.config_init.early_stopping)
         callbacks.append(ResumableInterruption(str(run_dir / "checkpoints"), self.resume_command()))

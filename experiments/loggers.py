@@ -6,6 +6,7 @@ import csv
 import os
 import secrets
 from pathlib import Path
+from typing import Optional, Sequence
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
@@ -49,7 +50,8 @@ def is_global_rank_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
 
 
-def make_wandb_logger(run_dir: Path, name: str, project: str) -> WandbLogger:
+def make_wandb_logger(run_dir: Path, name: str, project: str, group: Optional[str] = None, job_type: str = "train",
+                      tags: Sequence[str] = ()) -> WandbLogger:
     """Offline unless ``WANDB_MODE=online`` (``disabled`` turns it off): no account needed;
     ``wandb sync <run>/wandb/offline-run-*`` uploads later. The run id lives in the run folder, so
     a resumed run continues the same W&B run."""
@@ -67,4 +69,7 @@ def make_wandb_logger(run_dir: Path, name: str, project: str) -> WandbLogger:
         resume="allow",
         mode=os.environ.get("WANDB_MODE", "offline"),
         log_model=False,
+        group=group,
+        job_type=job_type,
+        tags=list(tags),
     )

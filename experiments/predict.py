@@ -3,6 +3,12 @@
     python -m experiments.predict --ckpt runs/metablock/<run>/checkpoints/best-epoch011.ckpt \
         [--dataset pad_ufes20 --data-dir /data/pad] [--split all|train|val|test|unlabeled] [--out file.csv]
     python -m experiments.predict --ckpt ... --images /folder/of/new/pictures
+    python -m experiments.predict --ckpt a.ckpt b.ckpt [--tta 8]   (or a folder of runs: their best-*.ckpt)
+
+``--tta 8`` averages the class probabilities over the 8 dihedral views of each image; several
+checkpoints are averaged as an ensemble, each member reading the images with its own transform
+and metadata encoder (they must share classes and metadata features, or they are refused naming
+both files).
 
 ``--split unlabeled`` reads the challenge test set the dataset ships without labels (ISIC 2019:
 ``ISIC_2019_Test_Metadata.csv`` + ``ISIC_2019_Test_Input/``; ISIC 2020: ``test.csv`` +
@@ -22,7 +28,7 @@ import argparse
 import os
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -37,6 +43,7 @@ from datamodules.sources import read_unlabeled  # noqa: E402
 from datamodules.sources.reading import image_folder_table  # noqa: E402
 from lightning_modules.callbacks.test_results import write_predictions  # noqa: E402
 from lightning_modules.contracts import PredictsClasses  # noqa: E402
+from lightning_modules.modules.ensemble import TTA_VIEWS, TTAPredictor, average_probabilities  # noqa: E402
 from lightning_modules.modules.loading import load_module, read_checkpoint  # noqa: E402
 
 
@@ -80,33 +87,81 @@ def unlabeled_table(checkpoint: dict, dataset: Optional[str], data_dir: Optional
     return table, encoder
 
 
-def predict(ckpt: str, dataset: Optional[str] = None, data_dir: Optional[str] = None, split: str = "all",
-            out: Optional[str] = None, batch_size: Optional[int] = None, num_workers: Optional[int] = None,
-            accelerator: str = "auto", images: Optional[str] = None) -> Path:
-    checkpoint = read_checkpoint(ckpt)
-    module = load_module(ckpt)
-    if not isinstance(module, PredictsClasses):
-        raise ValueError(f"{type(module).__name__} embeds images rather than classifying them: "
-                         "use `python -m experiments.retrieve` for nearest training lesions")
+def checkpoint_paths(ckpt: str | Path | Sequence[str | Path]) -> list[Path]:
+    """One checkpoint, several, or a folder (every ``best-*.ckpt`` below it: e.g. the folds of a
+    cross-validation)."""
+    paths: list[Path] = []
+    for item in [ckpt] if isinstance(ckpt, (str, Path)) else list(ckpt):
+        item = Path(item)
+        if item.is_dir():
+            found = sorted(item.rglob("checkpoints/best-*.ckpt"))
+            if not found:
+                raise FileNotFoundError(f"{item} holds no checkpoints/best-*.ckpt")
+            paths += found
+        else:
+            paths.append(item)
+    return paths
+
+
+def check_ensemble(paths: Sequence[Path], checkpoints: Sequence[dict]) -> None:
+    """Refuse checkpoints whose probabilities would not mean the same thing averaged together:
+    other classes, or other metadata features (each member encodes with its own fitted encoder,
+    so folds trained on different splits combine)."""
+    def identity(checkpoint: dict) -> tuple[list, list]:
+        data = checkpoint[LesionDataModule.__qualname__]
+        return list(data["class_names"]), list(data["feature_names"])
+
+    classes, features = identity(checkpoints[0])
+    for path, checkpoint in zip(paths[1:], checkpoints[1:]):
+        other_classes, other_features = identity(checkpoint)
+        if other_classes != classes:
+            raise ValueError(f"cannot average {paths[0]} and {path}: they predict other classes "
+                             f"({classes} vs {other_classes})")
+        if other_features != features:
+            raise ValueError(f"cannot average {paths[0]} and {path}: their metadata encoders differ "
+                             f"({len(features)} features vs {len(other_features)}; "
+                             f"only in one: {sorted(set(features) ^ set(other_features))[:6]})")
+
+
+def predict(ckpt: str | Sequence[str], dataset: Optional[str] = None, data_dir: Optional[str] = None,
+            split: str = "all", out: Optional[str] = None, batch_size: Optional[int] = None,
+            num_workers: Optional[int] = None, accelerator: str = "auto", images: Optional[str] = None,
+            tta: int = 1) -> Path:
+    """Class probabilities for every image of ``split`` (or under ``images``) as a CSV. Several
+    checkpoints (or a folder of runs) are averaged; ``tta`` views of each image are averaged. The
+    images are those of the first checkpoint's data (or ``dataset``/``data_dir``/``images``)."""
+    paths = checkpoint_paths(ckpt)
+    checkpoints = [read_checkpoint(p) for p in paths]
+    check_ensemble(paths, checkpoints)
+    modules = [load_module(p) for p in paths]
+    for path, module in zip(paths, modules):
+        if not isinstance(module, PredictsClasses):
+            raise ValueError(f"{path}: {type(module).__name__} embeds images rather than classifying them: "
+                             "use `python -m experiments.retrieve` for nearest training lesions")
     trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
                         enable_model_summary=False)
     if images is not None or split == "unlabeled":
-        table, encoder = unlabeled_table(checkpoint, dataset, data_dir, images)
-        # Only the evaluation transform's settings are taken from the training datamodule.
-        datamodule = build_datamodule(checkpoint, None, None, "all", batch_size, num_workers, load_state=False)
+        table, _ = unlabeled_table(checkpoints[0], dataset, data_dir, images)
         records, source = table.records, table.dataset
-        outputs = trainer.predict(module, dataloaders=datamodule.records_dataloader(records, encoder, source))
     else:
-        datamodule = build_datamodule(checkpoint, dataset, data_dir, split, batch_size, num_workers)
-        records, source = datamodule.records(split), datamodule.hparams.dataset
-        outputs = trainer.predict(module, datamodule=datamodule)
-    index = torch.cat([o["index"] for o in outputs]).numpy()
-    probs = torch.cat([o["probs"] for o in outputs]).numpy()
+        first = build_datamodule(checkpoints[0], dataset, data_dir, split, batch_size, num_workers)
+        records, source = first.records(split), first.hparams.dataset
+    members = []
+    for checkpoint, module in zip(checkpoints, modules):
+        # Each member with its own evaluation transform and its own fitted metadata encoder.
+        member_data = build_datamodule(checkpoint, None, None, "all", batch_size, num_workers, load_state=False)
+        encoder = MetadataEncoder.from_state_dict(checkpoint[LesionDataModule.__qualname__]["encoder"])
+        loader = member_data.records_dataloader(records, encoder, source)
+        outputs = trainer.predict(TTAPredictor(module, tta) if tta > 1 else module, dataloaders=loader)
+        members.append((torch.cat([o["index"] for o in outputs]).numpy(), torch.cat([o["probs"] for o in outputs]).numpy()))
+    index, probs = members[0] if len(members) == 1 else average_probabilities(members)
     if out is None:
-        run_dir = Path(ckpt).resolve().parent.parent
-        out = run_dir / ("predictions_images.csv" if images is not None else f"predictions_{source}_{split}.csv")
+        folder = paths[0].resolve().parent.parent if len(paths) == 1 else Path(os.path.commonpath([p.resolve() for p in paths]))
+        stem = "predictions" + (f"_ensemble{len(paths)}" if len(paths) > 1 else "")
+        stem += "_images" if images is not None else f"_{source}_{split}"
+        out = folder / (stem + (f"_tta{tta}" if tta > 1 else "") + ".csv")
     labels = np.array([records[i].label for i in index])
-    path = write_predictions(out, [records[i].image_id for i in index], probs, module.class_names,
+    path = write_predictions(out, [records[i].image_id for i in index], probs, modules[0].class_names,
                              None if (labels == UNLABELED).all() else labels)
     print(f"wrote {len(index)} predictions to {path}")
     return path
@@ -114,7 +169,9 @@ def predict(ckpt: str, dataset: Optional[str] = None, data_dir: Optional[str] = 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="a checkpoint of a training run (best-*.ckpt or last.ckpt)")
+    parser.add_argument("--ckpt", required=True, nargs="+",
+                        help="checkpoint(s) of training runs (best-*.ckpt, last.ckpt), or a folder of runs: "
+                             "several are averaged (an ensemble)")
     parser.add_argument("--dataset", default=None, help="default: the dataset the model was trained on")
     parser.add_argument("--data-dir", default=None, help="default: the training data folder")
     parser.add_argument("--split", default="all", choices=["all", "train", "val", "test", "unlabeled"],
@@ -125,9 +182,11 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--accelerator", default="auto")
+    parser.add_argument("--tta", type=int, default=1, choices=TTA_VIEWS,
+                        help="average over this many dihedral views of each image (8: all flips and transposes)")
     args = parser.parse_args(argv)
     predict(args.ckpt, args.dataset, args.data_dir, args.split, args.out, args.batch_size, args.num_workers,
-            args.accelerator, args.images)
+            args.accelerator, args.images, args.tta)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,26 @@ def test_wandb_offline_run_has_figures(short_run):
     assert (runs[0] / f"run-{runs[0].name.split('-')[-1]}.wandb").stat().st_size > 0
 
 
+def test_wandb_offline_run_has_interactive_panels(short_run):
+    """wandb.plot charts and the predictions table, as the offline run wrote them to disk."""
+    tables = next((short_run / "wandb").glob("offline-run-*")) / "files" / "media" / "table"
+    read = lambda pattern: [json.loads(p.read_text()) for p in sorted(tables.glob(pattern))]  # noqa: E731
+    val_matrices = read("val/confusion_matrix_plot_table_*.table.json")
+    assert len(val_matrices) == 2  # one per validation epoch
+    for table in val_matrices + read("test/confusion_matrix_plot_table_*.table.json"):
+        assert table["columns"] == ["Actual", "Predicted", "nPredictions"] and len(table["data"]) == 36  # 6 x 6
+    test = json.loads((short_run / "metrics.json").read_text())["test"]
+    (test_matrix,) = read("test/confusion_matrix_plot_table_*.table.json")
+    assert sum(row[2] for row in test_matrix["data"]) == test["n_images"]
+    assert read("test/roc_curve_table_*.table.json") and read("test/pr_curve_table_*.table.json")
+    (predictions,) = read("test/predictions_*.table.json")
+    assert predictions["columns"][:7] == ["image_id", "image", "label", "prediction", "correct", "group", "prob_ACK"]
+    assert len(predictions["data"]) == test["n_images"]  # MetaBlock has no attention column
+    with open(short_run / "predictions.csv") as handle:
+        first = next(csv.DictReader(handle))
+    assert predictions["data"][0][0] == first["image_id"] and predictions["data"][0][5].startswith("patient:")
+
+
 def test_checkpoint_is_weights_only_and_carries_the_encoder(short_run):
     ckpt = torch.load(short_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     state = ckpt["LesionDataModule"]
@@ -358,6 +378,8 @@ def test_attention_experiment_artefacts(experiment, maps, tmp_path, synthetic_ca
             f"epoch000_{name}.png", f"epoch001_{name}.png"]
         media = next((run_dir / "wandb").glob("offline-run-*")) / "files" / "media" / "images" / "attention"
         assert len(list(media.glob(f"{name}_*.png"))) == 2 * shown  # every epoch, every chosen image
+    table = next(media.parent.parent.glob("table/test/predictions_*.table.json"))
+    assert json.loads(table.read_text())["columns"][:3] == ["image_id", "image", "attention"]  # overlay per image
     test = json.loads((run_dir / "metrics.json").read_text())["test"]
     for key in ("lesion_mass", "gradcam_lesion_mass", *(f"lesion_mass_{m}" for m in maps)):
         assert 0.0 <= test[key] <= 1.0, key

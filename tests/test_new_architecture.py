@@ -93,3 +93,33 @@ def test_a_plain_network_trains_without_attention_panels(tmp_path, synthetic_cac
     fresh = {r["image_id"]: r for r in csv.DictReader(open(out))}
     for row in csv.DictReader(open(run_dir / "predictions.csv")):
         assert abs(float(fresh[row["image_id"]]["prob_ACK"]) - float(row["prob_ACK"])) < 1e-5
+
+    # The mean colour does not change under flips and transposes: TTA changes nothing; an ensemble
+    # of one checkpoint twice is that checkpoint; checkpoints of other classes are refused.
+    read = lambda p: {r["image_id"]: [float(r[f"prob_{c}"]) for c in ("ACK", "BCC", "SCC")] for r in csv.DictReader(open(p))}  # noqa: E731
+    plain = read(out)
+    for kwargs in ({"tta": 8}, {"ckpt": [str(best), str(best)]}):
+        args = {"ckpt": str(best), "split": "test", "num_workers": 0, "accelerator": "cpu", **kwargs}
+        other = read(predict(**args, out=str(tmp_path / f"{len(kwargs['ckpt']) if 'ckpt' in kwargs else 'tta'}.csv")))
+        assert other.keys() == plain.keys()
+        assert all(abs(a - b) < 1e-6 for k in plain for a, b in zip(plain[k], other[k]))
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    state["LesionDataModule"]["class_names"] = ["a", "b", "c", "d", "e", "f"]
+    renamed = tmp_path / "renamed.ckpt"
+    torch.save(state, renamed)
+    import pytest
+
+    with pytest.raises(ValueError, match=f"cannot average {best} and {renamed}: they predict other classes"):
+        predict([str(best), str(renamed)], split="test", num_workers=0, accelerator="cpu")
+
+
+def test_dihedral_views_are_the_eight_symmetries_of_the_square():
+    from lightning_modules.modules.ensemble import dihedral_views
+
+    image = torch.arange(9.0).view(1, 1, 3, 3)
+    views = dihedral_views(image, 8)
+    rotations = [torch.rot90(image, k, dims=(-2, -1)) for k in range(4)]
+    expected = rotations + [r.transpose(-2, -1) for r in rotations]
+    key = lambda t: tuple(t.flatten().tolist())  # noqa: E731
+    assert len({key(v) for v in views}) == 8 and {key(v) for v in views} == {key(e) for e in expected}
+    assert [key(v) for v in dihedral_views(image, 2)] == [key(image), key(image.flip(-1))]

@@ -110,15 +110,16 @@ class LesionClassifier(DermModule):
     def _evaluate(self, batch: dict, stage: str) -> StepResult:
         result = self.step(batch, stage)
         self.update_lesion_mass(stage, result.maps, batch)
-        self.scores.update(stage, result.probs, batch["label"])
         n = batch["label"].shape[0]
         sync = stage != "train"
         self.log(f"{stage}/loss", result.loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
                  batch_size=n, sync_dist=sync)
         for name, value in result.terms.items():
             self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=sync)
-        self.log_dict(self.scores.scalars_of(stage), on_step=False, on_epoch=True, prog_bar=stage == "val",
-                      batch_size=n)
+        if not self.trainer.sanity_checking:  # a couple of batches: too few to score every class
+            self.scores.update(stage, result.probs, batch["label"])
+            self.log_dict(self.scores.scalars_of(stage), on_step=False, on_epoch=True, prog_bar=stage == "val",
+                          batch_size=n)
         return result
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
