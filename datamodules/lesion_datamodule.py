@@ -56,6 +56,7 @@ class LesionDataModule(L.LightningDataModule):
         verify_images: bool = False,
         pk_batches: Optional[tuple[int, int]] = None,
         small_images: str = "error",
+        oversample: Optional[dict[str, float]] = None,
     ):
         """
         Args:
@@ -80,10 +81,15 @@ class LesionDataModule(L.LightningDataModule):
                 positive pairs in every batch); ``batch_size`` is then ignored for training.
             small_images: an image whose shorter side is under a quarter of ``image_size`` is an
                 ``error`` (training) or a ``warn``-ing (prediction sets this).
+            oversample: ``{class: factor}``: draw training images of these classes ``factor`` times
+                as often as the others (AttnMel oversampled melanoma x4: ``{MEL: 4}``), with
+                replacement, as many draws per epoch as there are training images.
         """
         super().__init__()
         if dataset not in DATASETS:
             raise DatasetError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
+        if oversample and (balanced_sampler or pk_batches):
+            raise ValueError("oversample draws its own training batches; set balanced_sampler=false and pk_batches=null")
         if pk_batches and balanced_sampler:
             raise ValueError("pk_batches (P classes x K images) already balances the classes; "
                              "set balanced_sampler=false")
@@ -174,9 +180,12 @@ class LesionDataModule(L.LightningDataModule):
         if train and hp.pk_batches:
             return self._pk_loader()
         sampler = None
-        if train and hp.balanced_sampler:
+        if train and (hp.balanced_sampler or hp.oversample):
             labels = np.array([r.label for r in self.records("train")])
-            weights = 1.0 / np.bincount(labels, minlength=self.num_classes)[labels]
+            if hp.balanced_sampler:
+                weights = 1.0 / np.bincount(labels, minlength=self.num_classes)[labels]
+            else:
+                weights = self.oversampling_factors()[labels]
             # Seeded from the run seed (seed_everything), so different seeds draw different batches.
             generator = torch.Generator().manual_seed(int(torch.initial_seed()) % 2**63)
             sampler = WeightedRandomSampler(weights.tolist(), len(labels), replacement=True, generator=generator)
@@ -215,6 +224,18 @@ class LesionDataModule(L.LightningDataModule):
         data = LesionDataset(records, encoder, transform, dataset, False, hp.image_size,
                              small_images=hp.small_images)
         return DataLoader(data, batch_size=hp.eval_batch_size or hp.batch_size, num_workers=hp.num_workers)
+
+    def oversampling_factors(self) -> np.ndarray:
+        """(K,) sampling weight of each class under ``oversample`` (1 for classes it does not name)."""
+        factors = np.ones(self.num_classes)
+        for name, factor in (self.hparams.oversample or {}).items():
+            if name not in self.class_names:
+                raise DatasetError(f"--data.oversample: {self.hparams.dataset} has no class {name!r}; "
+                                   f"its classes are {self.class_names}")
+            if not factor > 0:
+                raise ValueError(f"--data.oversample: the factor of {name} must be positive, got {factor}")
+            factors[self.class_names.index(name)] = float(factor)
+        return factors
 
     def eval_batch(self, split: str, indices: Sequence[int]) -> dict:
         """Items ``indices`` of ``split`` with the evaluation transform, collated into one batch

@@ -110,10 +110,10 @@ class DermCLI(LightningCLI):
     def resume_command(self) -> str:
         """How to resume this run, as the user started it (``make train EXP=...`` for a config in
         experiments/), with ``{ckpt}`` for the checkpoint."""
-        config = next((Path(str(c)) for c in reversed(self.config.get("config") or [])
-                       if Path(str(c)).parent.resolve() == EXPERIMENTS_DIR), None)  # fmt: skip
-        if config is not None:
-            return f"make train EXP={config.stem} RESUME={{ckpt}}"
+        for config in reversed(self.config.get("config") or []):
+            path = Path(str(config)).resolve()
+            if path.is_relative_to(EXPERIMENTS_DIR) and path.parent != EXPERIMENTS_DIR / "data":
+                return f"make train EXP={path.relative_to(EXPERIMENTS_DIR).with_suffix('')} RESUME={{ckpt}}"
         return "python -m experiments.train --resume {ckpt}"
 
     def discard_new_run_dir(self) -> None:

@@ -159,3 +159,10 @@ def test_m_heads_are_different_learners():
     assert not torch.allclose(embeddings[:, 0], embeddings[:, 1], atol=1e-3)
     with pytest.raises(ValueError, match="divisible"):
         ABE(backbone="resnet10t", num_learners=3, embedding_dim=64)
+
+
+def test_divergence_sum_is_the_mean_times_the_pairs():
+    torch.manual_seed(0)
+    learners = torch.nn.functional.normalize(torch.randn(5, 3, 4), dim=-1)
+    mean, total = divergence_loss(learners, 1.0), divergence_loss(learners, 1.0, reduction="sum")
+    assert float(total) == pytest.approx(float(mean) * 5 * 3 * 2, rel=1e-5)

@@ -203,3 +203,14 @@ def test_an_empty_map_scores_like_a_uniform_one():
     mask = torch.zeros(2, 4, 4)
     mask[:, :2, :2] = 1
     assert torch.allclose(lesion_mass(torch.zeros(2, 4, 4), mask), torch.full((2,), 0.25))
+
+
+def test_attn_vgg_official_initialisation():
+    torch.manual_seed(0)
+    net = AttnVGG(3, backbone="resnet10t", init="official")
+    assert float(net.classifier.weight.std()) == pytest.approx(0.01, rel=0.1) and not net.classifier.bias.any()
+    phi = net.attention[0].phi
+    fan_in = phi.weight[0].numel()
+    assert float(phi.weight.std()) == pytest.approx(math.sqrt(2 / fan_in), rel=0.5) and not phi.bias.any()
+    with pytest.raises(ValueError, match="init must be"):
+        AttnVGG(3, backbone="resnet10t", init="xavier")

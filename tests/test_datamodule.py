@@ -317,3 +317,22 @@ def test_verify_images_reports_every_unreadable_file(tmp_path, synthetic_dir):
     with pytest.raises(DatasetError, match="2 unreadable image") as info:
         module.prepare_data()
     assert images[0].name in str(info.value) and images[1].name in str(info.value)
+
+
+def test_oversampling_one_class(synthetic_cache):
+    """AttnMel's melanoma x4: MEL images drawn four times as often as any other image."""
+    dm = LesionDataModule(data_dir=str(synthetic_cache), source_options=SMALL_SYNTHETIC, image_size=32,
+                          num_workers=0, oversample={"MEL": 4})
+    factors = dm.oversampling_factors()
+    assert factors.tolist() == [1, 1, 4, 1, 1, 1]
+    dm.setup("fit")
+    sampler = dm.train_dataloader().sampler
+    labels = np.array([r.label for r in dm.records("train")])
+    weights = sampler.weights.numpy()
+    assert sampler.replacement and sampler.num_samples == len(labels)
+    assert set(weights[labels == 2]) == {4.0} and set(weights[labels != 2]) == {1.0}
+    with pytest.raises(DatasetError, match="has no class 'melanoma'"):
+        LesionDataModule(data_dir=str(synthetic_cache), source_options=SMALL_SYNTHETIC,
+                         oversample={"melanoma": 4}).oversampling_factors()
+    with pytest.raises(ValueError, match="oversample draws its own"):
+        LesionDataModule(oversample={"MEL": 4}, balanced_sampler=True)

@@ -77,3 +77,39 @@ def test_metablock_rejects_bad_inputs():
         MetaBlock(0, 4)
     with pytest.raises(ValueError, match=r"\(B, k\)"):
         MetaBlock(3, 4, batch_norm=False)(torch.randn(2, 4, 3), torch.randn(2, 3))
+
+
+def test_official_grouped_arrangement_with_ported_weights():
+    """``metablock_groups=V``: pool, regroup into V groups of consecutive channels, one gate per
+    group, BatchNorm after f and g. Weights shaped as the official code's (``fb``/``gb``:
+    Linear(U, V) + BatchNorm1d(V)) are ported by renaming, and the classifier's fused features
+    equal a hand-written version of that arrangement."""
+    from lightning_modules.nets.fusion_classifier import FusionClassifier
+
+    torch.manual_seed(3)
+    meta_dim, groups = 5, 8
+    net = FusionClassifier(4, meta_dim, backbone="test_resnet", metablock_batch_norm=True, metablock_groups=groups)
+    channels = net.classifier.in_features
+    official = {}
+    for name in ("fb", "gb"):
+        official.update({f"{name}.0.weight": torch.randn(groups, meta_dim), f"{name}.0.bias": torch.randn(groups),
+                         f"{name}.1.weight": torch.rand(groups) + 0.5, f"{name}.1.bias": torch.randn(groups),
+                         f"{name}.1.running_mean": torch.randn(groups), f"{name}.1.running_var": torch.rand(groups) + 0.5,
+                         f"{name}.1.num_batches_tracked": torch.tensor(7)})  # fmt: skip
+    net.metablock.load_state_dict({k.replace("fb.", "f_b.").replace("gb.", "g_b."): v for k, v in official.items()})
+    net.eval()
+    image, meta = torch.randn(3, 3, 32, 32), torch.randn(3, meta_dim)
+
+    def linear_bn(prefix: str, u: torch.Tensor) -> torch.Tensor:
+        y = u @ official[f"{prefix}.0.weight"].T + official[f"{prefix}.0.bias"]
+        y = (y - official[f"{prefix}.1.running_mean"]) / torch.sqrt(official[f"{prefix}.1.running_var"] + 1e-5)
+        return y * official[f"{prefix}.1.weight"] + official[f"{prefix}.1.bias"]
+
+    with torch.no_grad():
+        pooled = net.backbone(image)[-1].mean(dim=(2, 3))  # (B, k)
+        grouped = pooled.reshape(3, groups, channels // groups)  # consecutive channels per group
+        t1, t2 = linear_bn("fb", meta), linear_bn("gb", meta)
+        expected = torch.sigmoid(torch.tanh(grouped * t1.unsqueeze(-1)) + t2.unsqueeze(-1)).reshape(3, -1)
+        assert torch.allclose(net.features(image, meta), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="groups must divide"):
+        FusionClassifier(4, meta_dim, backbone="test_resnet", metablock_groups=7)

@@ -39,6 +39,7 @@ class MetricLearningModule(DermModule):
         lambda_div: float = 1.0,
         div_margin: float = 1.0,
         knn_k: int = 10,
+        div_reduction: str = "mean",
         monitor: str = "val/recall@1",
         **kwargs: Any,
     ):
@@ -47,6 +48,8 @@ class MetricLearningModule(DermModule):
             margin: contrastive margin on squared distances; ``div_margin``: divergence margin.
             lambda_div: weight of the divergence loss (0: ABE-M without divergence).
             knn_k: neighbours voting in the k-NN classification at test time.
+            div_reduction: ``mean`` over images and learner pairs (``lambda_div`` independent of the
+                batch size and M) or ``sum`` (the paper's form, for its ``lambda_div``).
             **kwargs: :class:`~lightning_modules.modules.base.DermModule` arguments; ``net`` is an
                 embedding network (``lightning_modules.nets.abe.ABE``).
         """
@@ -77,7 +80,7 @@ class MetricLearningModule(DermModule):
     def metric_losses(self, learners: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         hp = self.hparams
         contrastive = sum(contrastive_loss(learners[:, m], labels, hp.margin) for m in range(learners.shape[1]))
-        divergence = divergence_loss(learners, hp.div_margin)
+        divergence = divergence_loss(learners, hp.div_margin, hp.div_reduction)
         return {"contrastive": contrastive, "divergence": divergence,
                 "loss": contrastive + hp.lambda_div * divergence}  # fmt: skip
 

@@ -64,6 +64,7 @@ class AttnVGG(nn.Module):
         local_reductions: Sequence[int] = (8, 16),
         pool_local_stages: Optional[bool] = None,
         dropout: float = 0.0,
+        init: str = "default",
     ):
         """
         Args:
@@ -74,6 +75,9 @@ class AttnVGG(nn.Module):
                 attention (average of attended features).
             pool_local_stages: max-pool the local stages once (automatic for ``vgg*``, whose
                 timm stages end before their pooling).
+            init: ``default`` (PyTorch's initialisation of the new layers) or ``official`` (the
+                AttnMel code's: Kaiming-normal attention convolutions, zero biases, classifier
+                weights from N(0, 0.01)).
         """
         super().__init__()
         self.backbone = create_backbone(backbone, pretrained, weights_path)
@@ -97,6 +101,15 @@ class AttnVGG(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(global_channels + sum(channels[i] for i in self.local_stages), num_classes)
+        if init == "official":
+            for conv in (m for block in self.attention for m in block.modules() if isinstance(m, nn.Conv2d)):
+                nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+                if conv.bias is not None:
+                    nn.init.zeros_(conv.bias)
+            nn.init.normal_(self.classifier.weight, 0.0, 0.01)
+            nn.init.zeros_(self.classifier.bias)
+        elif init != "default":
+            raise ValueError(f"init must be 'default' or 'official', got {init!r}")
 
     @property
     def gradcam_target(self) -> tuple[nn.Module, Callable]:

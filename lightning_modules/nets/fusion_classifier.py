@@ -4,6 +4,8 @@
       none      : global average pool                                  -> (B, k)
       concat    : [global average pool, metadata]                      -> (B, k + d_meta)
       metablock : MetaBlock(feature map, metadata), then average pool  -> (B, k)
+                  (metablock_groups=V: average pool, then MetaBlock on V channel groups, as the
+                  official code)
     -> optional reducer (Linear-BN-ReLU-Dropout 0.5, as in the MetaBlock code) -> Linear -> logits
 """
 
@@ -32,6 +34,7 @@ class FusionClassifier(nn.Module):
         reducer_dim: Optional[int] = None,
         dropout: float = 0.0,
         metablock_batch_norm: bool = False,
+        metablock_groups: Optional[int] = None,
     ):
         """
         Args:
@@ -43,6 +46,9 @@ class FusionClassifier(nn.Module):
                 as in the MetaBlock benchmarks).
             metablock_batch_norm: BatchNorm1d after MetaBlock's linear maps, as in the official code
                 (off: the paper's formula, which also trains better; see ``MetaBlock``).
+            metablock_groups: the official code's arrangement: pool first, then gate ``V`` groups of
+                consecutive channels (``MetaBlock(groups=V)``); default: gate every channel of the
+                feature map before pooling.
         """
         super().__init__()
         if fusion not in FUSIONS:
@@ -52,7 +58,8 @@ class FusionClassifier(nn.Module):
         self.fusion = fusion
         self.backbone = create_backbone(backbone, pretrained, weights_path, out_indices=(-1,))
         channels = feature_channels(self.backbone)[-1]
-        self.metablock = MetaBlock(meta_dim, channels, metablock_batch_norm) if fusion == "metablock" else None
+        self.metablock = MetaBlock(meta_dim, channels, metablock_batch_norm, metablock_groups) \
+            if fusion == "metablock" else None
         width = channels + (meta_dim if fusion == "concat" else 0)
         if reducer_dim:
             self.reducer: nn.Module = nn.Sequential(
@@ -67,9 +74,11 @@ class FusionClassifier(nn.Module):
     def features(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         """The fused feature vector fed to the classifier."""
         fmap = self.backbone(image)[-1]
-        if self.metablock is not None:
+        if self.metablock is not None and self.metablock.groups is None:
             fmap = self.metablock(fmap, meta)
         pooled = fmap.mean(dim=(2, 3))
+        if self.metablock is not None and self.metablock.groups is not None:
+            pooled = self.metablock(pooled, meta)  # the official arrangement: after pooling
         if self.fusion == "concat":
             pooled = torch.cat([pooled, meta.to(pooled.dtype)], dim=1)
         return self.reducer(pooled)

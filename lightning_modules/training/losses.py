@@ -168,14 +168,16 @@ def contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: flo
     return loss
 
 
-def divergence_loss(learner_embeddings: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+def divergence_loss(learner_embeddings: torch.Tensor, margin: float = 1.0, reduction: str = "mean") -> torch.Tensor:
     """ABE-M's divergence loss, ``max(0, m_div - ||B_p(x) - B_q(x)||^2)`` over pairs of learners
     ``p != q`` **of the same image** (a known unofficial version wrongly pairs different images),
     averaged over images and learner pairs. ``learner_embeddings``: (B, M, d).
 
     The paper writes a sum over images and pairs; the mean makes ``lambda_div`` independent of the
     batch size and of M (the sum equals this times ``B * M * (M - 1)``), so ``lambda_div = 1`` here
-    is not the paper's ``lambda_div = 1``."""
+    is not the paper's ``lambda_div = 1``; ``reduction="sum"`` is the paper's form."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     b, m, _ = learner_embeddings.shape
     if m < 2:
         return learner_embeddings.new_zeros(())
@@ -183,4 +185,5 @@ def divergence_loss(learner_embeddings: torch.Tensor, margin: float = 1.0) -> to
     squared = (x * x).sum(-1)
     d2 = (squared[:, :, None] + squared[:, None, :] - 2 * x @ x.transpose(1, 2)).clamp_min(0)  # (B, M, M)
     off_diagonal = ~torch.eye(m, dtype=torch.bool, device=x.device)
-    return F.relu(margin - d2[:, off_diagonal]).mean()
+    hinge = F.relu(margin - d2[:, off_diagonal])
+    return hinge.sum() if reduction == "sum" else hinge.mean()
