@@ -15,17 +15,12 @@ Every run is a normal training run (its own folder under ``runs/<name>-sweep/``)
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import yaml
 
+from experiments.runs import mean_std, train_once
 from lightning_modules.utils.atomic_io import atomic_write, write_json
 
 METRICS = ("auroc", "bacc", "acc")
@@ -33,22 +28,7 @@ METRICS = ("auroc", "bacc", "acc")
 
 def run_one(config: str, overrides: list[str], value: str, seed: int, name: str, extra: list[str]) -> dict:
     run_dir = Path("runs") / f"{name}-sweep" / f"{value}-s{seed}"
-    train_args = ["--config", config, *overrides, f"--seed_everything={seed}", f"--run.dir={run_dir}",
-                  "--trainer.enable_progress_bar=false", *extra]  # fmt: skip
-    record = run_dir / "sweep_args.json"
-    # A run finished earlier with exactly these arguments is reused (a sweep resumes where it
-    # stopped); one with other arguments (changed overrides, a redefined variant) is redone.
-    if (run_dir / "metrics.json").is_file() and record.is_file() and json.loads(record.read_text()) == train_args:
-        return json.loads((run_dir / "metrics.json").read_text())
-    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted or different attempt starts over
-    write_json(record, train_args)
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "experiments.train", *train_args], check=True,
-                   env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    metrics["wall_seconds"] = time.perf_counter() - start
-    write_json(run_dir / "metrics.json", metrics)
-    return metrics
+    return train_once(run_dir, ["--config", config, *overrides, f"--seed_everything={seed}", *extra])
 
 
 def main(argv=None) -> str:
@@ -78,10 +58,8 @@ def main(argv=None) -> str:
     for value, runs in results.items():
         cells, summary[value] = [], {}
         for metric in args.metrics:
-            scores = np.array([r["test"][metric] for r in runs])
-            summary[value][metric] = {"mean": float(scores.mean()), "std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
-                                      "runs": scores.tolist()}
-            cells.append(f"{scores.mean():.3f} ± {summary[value][metric]['std']:.3f}")
+            summary[value][metric] = mean_std([r["test"][metric] for r in runs])
+            cells.append(f"{summary[value][metric]['mean']:.3f} ± {summary[value][metric]['std']:.3f}")
         params = next((r["parameters"] for r in runs if r.get("parameters")), None)
         lines.append(f"| {value} | " + " | ".join(cells) + (f" | {params / 1e6:.2f} M |" if params else " | - |"))
     table = "\n".join(lines)
