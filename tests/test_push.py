@@ -173,3 +173,37 @@ def test_prototypes_without_eligible_images_are_kept_and_reported(setup):
     finally:
         with torch.no_grad():
             net.prototype_vectors.copy_(saved)
+
+
+def test_source_maps_give_each_prototypes_activation_without_another_forward(setup):
+    """The search keeps each prototype's source image's latent map: the distances to it, before
+    and after projection, equal a forward pass of that image (the boxes need no further pass)."""
+    import copy
+
+    net, images, _, indices, batches = setup
+    search = PushSearch(net.prototype_class_identity, True, net.prototype_dim, keep_source_maps=True)
+    for batch in batches:
+        search.update(*batch)
+    result = search.result()
+    position = {int(i): k for k, i in enumerate(indices.tolist())}
+    before = search.activation_maps(net.prototype_vectors)
+    projected = copy.deepcopy(net)
+    search.project(projected)
+    after = search.activation_maps(projected.prototype_vectors)
+    with torch.no_grad():
+        for j in range(search.num_prototypes):
+            image = images[position[int(result.image_index[j])]][None]
+            assert torch.allclose(before[j], net(image).distances[0, j], atol=1e-5)
+            assert torch.allclose(after[j], projected(image).distances[0, j], atol=1e-5)
+            assert after[j][result.h[j], result.w[j]] == pytest.approx(0.0, abs=1e-5)  # its own patch
+
+    # Two halves merged (as DDP's reduce does) keep the same maps as one pass.
+    halves = [PushSearch(net.prototype_class_identity, True, net.prototype_dim, keep_source_maps=True) for _ in range(2)]
+    for half, part in zip(halves, (batches[:2], batches[2:])):
+        for batch in part:
+            half.update(*batch)
+    halves[0].reduce(lambda t: torch.stack([t, torch.cat([halves[1].state_dict()[k].double().reshape(len(t), -1)
+                                                          for k in ("distance", "image_index", "h", "w", "latent",
+                                                                    "source_maps")], dim=1)]))  # fmt: skip
+    assert torch.equal(halves[0].source_maps, search.source_maps)
+    assert_same(halves[0].result(), result)

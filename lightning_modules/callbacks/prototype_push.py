@@ -18,11 +18,10 @@ from typing import Any, Optional
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_modules.contracts import EvaluationData, evaluation_data
-from lightning_modules.protopnet.pictures import activation_maps, describe_push, prototype_pictures
+from lightning_modules.protopnet.pictures import activation_boxes, describe_push, prototype_pictures
 from lightning_modules.utils.atomic_io import write_json, write_png
 from lightning_modules.utils.image_logging import log_images
 from lightning_modules.utils.images import denormalise
@@ -60,16 +59,13 @@ class PrototypePush(L.Callback):
         if data is None:
             raise RuntimeError("PrototypePush needs the training images: fit with a LesionDataModule")
         outcome = pl_module.push_prototypes(self._loader(trainer, data))
+        size = data.describe().image_size
         was_training = pl_module.training
-        pl_module.eval()  # the pictures' forward passes must not touch BatchNorm statistics
-        described = describe_push(outcome.result, pl_module.net, data.records("train"), pl_module.class_names,
-                                  data.describe().image_size)  # fmt: skip
-        maps: dict[int, np.ndarray] = {}
-        if trainer.is_global_zero:  # the boxes serve the pictures and the checkpoint: rank 0's job
-            maps = activation_maps(pl_module.net, described,
-                                   lambda i: data.eval_batch("train", [i])["image"].to(pl_module.device),
-                                   self.activation_percentile)  # fmt: skip
+        pl_module.eval()  # the receptive-field trace runs the backbone: no BatchNorm statistics may move
+        described = describe_push(outcome.result, pl_module.net, data.records("train"), pl_module.class_names, size)
         pl_module.train(was_training)
+        # The boxes come from the maps the push kept: no further forward pass.
+        maps = activation_boxes(described, outcome.activation, (size, size), self.activation_percentile)
         self.records = described
         if trainer.is_global_zero:
             self._save(trainer, data, outcome.epoch, maps)

@@ -58,6 +58,7 @@ class PushOutcome:
     result: PushResult  # per prototype: distance, source image index, cell, latent vector
     unchanged: list[int]  # prototypes without an eligible image (kept their vectors)
     last_layer_loss: float
+    activation: torch.Tensor  # (m, H, W) similarity of each prototype on its source image's grid
 
 
 class ProtoPNetModule(LesionClassifier):
@@ -76,6 +77,7 @@ class ProtoPNetModule(LesionClassifier):
         last_layer_epochs: int = 20,
         last_layer_lr: float = 1e-4,
         last_layer_batch_size: int = 256,
+        activation_box: str = "before",
         monitor: str = "val/push_auroc",
         **kwargs: Any,
     ):
@@ -87,11 +89,19 @@ class ProtoPNetModule(LesionClassifier):
             weight_decay: on backbone and add-on layers (not on prototypes), as in the paper's code.
             last_layer_epochs, last_layer_lr, last_layer_batch_size: the last-layer-only
                 optimisation after each push.
+            activation_box: which similarity map a push record's activation box (the top 5 % of
+                the upsampled map on the source image) is taken from: ``before`` projection (the
+                prototype as it was trained, which the patch was chosen for; the reference code's
+                choice) or ``after`` (the projected prototype, whose map peaks at its own patch).
+                Both come from the source image's latent map kept by the search pass, so drawing
+                them costs no further pass through the network.
             **kwargs: :class:`~lightning_modules.modules.classifier.LesionClassifier` arguments; the
                 network (``net``) must be a :class:`~lightning_modules.contracts.PrototypeNet`
                 (``lightning_modules.nets.protopnet.ProtoPNet``).
         """
         super().__init__(monitor=monitor, **kwargs)
+        if activation_box not in ("before", "after"):
+            raise ValueError(f"activation_box must be 'before' or 'after', got {activation_box!r}")
         if not isinstance(self.net, PrototypeNet):
             raise TypeError(f"ProtoPNetModule needs a network with prototypes, got {type(self.net).__name__}")
         self.cost_weights = {"clst": cluster_weight, "sep": separation_weight, "l1": l1_weight}
@@ -155,8 +165,11 @@ class ProtoPNetModule(LesionClassifier):
         if distributed:
             broadcast_buffers_from_rank0(self.net)
         gather = self.all_gather if distributed else None
-        search = search_nearest_patches(self.net, batches, self.device, gather)
+        search = search_nearest_patches(self.net, batches, self.device, gather, keep_source_maps=True)
+        before = self.net.prototype_vectors.detach().clone()
         unchanged = search.project(self.net)
+        boxed = before if self.hparams.activation_box == "before" else self.net.prototype_vectors
+        activation = self.net.distance_to_similarity(search.activation_maps(boxed))
         similarities, labels = similarity_vectors(self.net, batches, self.device, gather)
         identity = self.net.prototype_class_identity if self.net.class_specific else None
         loss = fit_last_layer(self.net.last_layer, similarities, labels, self.criterion, self.cost_weights["l1"],
@@ -177,7 +190,7 @@ class ProtoPNetModule(LesionClassifier):
         rank_zero_info(f"push after epoch {epoch}: {int(found.sum())} prototypes projected"
                        f"{f', {len(unchanged)} without an eligible image' if unchanged else ''}; "
                        f"last layer loss {loss:.4f}")
-        return PushOutcome(epoch, result, unchanged, loss)
+        return PushOutcome(epoch, result, unchanged, loss, activation)
 
     # -- checkpoint selection among pushed epochs --------------------------------------------------
     def on_validation_epoch_end(self) -> None:

@@ -11,7 +11,7 @@ For a prototype projected onto cell (h, w) of a training image's latent map:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -74,23 +74,15 @@ def describe_push(result, net, records, class_names, image_size: int) -> list[di
 
 
 @torch.no_grad()
-def activation_maps(net, entries: list[dict], image_of: Callable[[int], torch.Tensor],
-                    percentile: float = 95.0) -> dict[int, np.ndarray]:
+def activation_boxes(entries: list[dict], activation: torch.Tensor, image_size: tuple[int, int],
+                     percentile: float = 95.0) -> dict[int, np.ndarray]:
     """Add each sourced prototype's ``activation_box`` (the top-percentile box of its similarity
-    map on its source image) to its entry; return the upsampled maps by prototype, for pictures.
-    One forward pass per distinct source image (``image_of(index) -> (1, 3, H, W)``); the network
-    must be in eval mode."""
-    by_image: dict[int, list[dict]] = {}
+    map, ``activation[j]`` (H, W), upsampled to the source image) to its entry; return the
+    upsampled maps by prototype, for pictures."""
+    maps: dict[int, np.ndarray] = {}
     for entry in entries:
         if "image_index" in entry:
-            by_image.setdefault(entry["image_index"], []).append(entry)
-    maps: dict[int, np.ndarray] = {}
-    for i, group in by_image.items():
-        image = image_of(i)
-        distances = net(image).distances[0]
-        for entry in group:
-            similarity = net.distance_to_similarity(distances[entry["prototype"]])
-            activation = upsample_map(similarity, tuple(image.shape[-2:]))
-            entry["activation_box"] = list(activation_box(activation, percentile))
-            maps[entry["prototype"]] = activation
+            upsampled = upsample_map(activation[entry["prototype"]], tuple(image_size))
+            entry["activation_box"] = list(activation_box(upsampled, percentile))
+            maps[entry["prototype"]] = upsampled
     return maps

@@ -36,14 +36,19 @@ def broadcast_buffers_from_rank0(net: nn.Module) -> None:
 
 @torch.no_grad()
 def search_nearest_patches(net: nn.Module, batches: Iterable[dict], device: torch.device,
-                           all_gather: Optional[AllGather] = None) -> PushSearch:
+                           all_gather: Optional[AllGather] = None, keep_source_maps: bool = False) -> PushSearch:
     """Every prototype's nearest eligible training patch (reduced across processes when
-    ``all_gather`` is given)."""
-    search = PushSearch.for_net(net).to(device)
+    ``all_gather`` is given); with ``keep_source_maps``, also its source image's latent map."""
+    search = PushSearch.for_net(net, keep_source_maps=keep_source_maps).to(device)
     for batch in batches:
         out = net(batch["image"].to(device))
         search.update(out.distances, out.features, batch["label"].to(device), batch["index"].to(device))
     if all_gather is not None:
+        if keep_source_maps:  # a process that saw no batch allocates the grid the others saw
+            local = torch.tensor(search.source_maps.shape[-2:] if search.source_maps is not None else (0, 0),
+                                 device=device)  # fmt: skip
+            height, width = all_gather(local).view(-1, 2).amax(dim=0).tolist()
+            search.ensure_map_shape(int(height), int(width))
         search.reduce(all_gather)
     return search
 

@@ -63,11 +63,14 @@ class PushSearch:
         prototype_class_identity: torch.Tensor,
         class_specific: bool = True,
         prototype_dim: Optional[int] = None,
+        keep_source_maps: bool = False,
     ):
         """``prototype_class_identity`` (m, K): prototype j may take patches from images of the
         classes where row j is nonzero. ``prototype_dim`` allocates the latent store up front;
         pass it under DDP, where a process may see no batch (otherwise it is set by the first
-        ``update``)."""
+        ``update``). ``keep_source_maps`` also keeps each prototype's source image's whole latent
+        map (``source_maps``, (m, D, H, W)), so that its activation map can be computed without
+        another pass through the network."""
         identity = torch.as_tensor(prototype_class_identity).detach().float()
         if identity.dim() != 2:
             raise ValueError(f"prototype_class_identity must be (m, K), got {tuple(identity.shape)}")
@@ -80,12 +83,14 @@ class PushSearch:
         self.h = torch.full((m,), -1, dtype=torch.long)
         self.w = torch.full((m,), -1, dtype=torch.long)
         self.latent = torch.zeros(m, prototype_dim or 0)
+        self.keep_source_maps = keep_source_maps
+        self.source_maps: Optional[torch.Tensor] = None
 
     @classmethod
-    def for_net(cls, net: nn.Module, class_specific: Optional[bool] = None) -> "PushSearch":
+    def for_net(cls, net: nn.Module, class_specific: Optional[bool] = None, keep_source_maps: bool = False) -> "PushSearch":
         """A search for ``net``'s prototypes (``class_specific`` defaults to the net's)."""
         specific = net.class_specific if class_specific is None else class_specific
-        return cls(net.prototype_class_identity, specific, net.prototype_dim)
+        return cls(net.prototype_class_identity, specific, net.prototype_dim, keep_source_maps)
 
     @property
     def num_prototypes(self) -> int:
@@ -96,9 +101,18 @@ class PushSearch:
         that saw no batch, since NCCL gathers CUDA tensors only)."""
         for name in ("prototype_class_identity", "distance", "image_index", "h", "w", "latent"):
             setattr(self, name, getattr(self, name).to(device))
+        if self.source_maps is not None:
+            self.source_maps = self.source_maps.to(device)
         if self._per_class is not None:
             self._per_class = self._per_class.to(device)
         return self
+
+    def ensure_map_shape(self, height: int, width: int) -> None:
+        """Allocate the source maps for (H, W) grids (a process that saw no batch must, before
+        ``reduce``: every process packs the same shapes)."""
+        if self.keep_source_maps and self.source_maps is None:
+            self.source_maps = torch.zeros(self.num_prototypes, self.latent.shape[1], height, width,
+                                           device=self.latent.device)  # fmt: skip
 
     def _ensure_dim(self, dim: int) -> None:
         if self.latent.shape[1] == 0 and dim > 0:
@@ -143,6 +157,10 @@ class PushSearch:
         self.h = torch.where(improved, h, self.h)
         self.w = torch.where(improved, w, self.w)
         self.latent = torch.where(improved[:, None], latent, self.latent)
+        if self.keep_source_maps:
+            self.ensure_map_shape(height, width)
+            changed = torch.nonzero(improved).flatten()
+            self.source_maps[changed] = features.detach().float()[b[changed]]
 
     def _prototypes_per_class(self) -> Optional[torch.Tensor]:
         """(K, P) prototype ids of each class when every prototype has one class and every class
@@ -214,6 +232,11 @@ class PushSearch:
         self.h = torch.where(improved, h.long(), self.h)
         self.w = torch.where(improved, w.long(), self.w)
         self.latent = torch.where(improved[:, None], latent, self.latent)
+        if self.keep_source_maps and state.get("source_maps") is not None:
+            maps = state["source_maps"].to(device).float()
+            self.ensure_map_shape(*maps.shape[-2:])
+            changed = torch.nonzero(improved).flatten()
+            self.source_maps[changed] = maps[changed]
 
     @torch.no_grad()
     def reduce(self, all_gather_fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
@@ -226,13 +249,14 @@ class PushSearch:
         """
         if self.latent.shape[1] == 0:
             raise RuntimeError("reduce() needs the latent dimension: pass prototype_dim to PushSearch")
-        packed = torch.cat(
-            [
-                torch.stack([self.distance.double(), self.image_index.double(), self.h.double(), self.w.double()], 1),
-                self.latent.double(),
-            ],
-            dim=1,
-        )
+        parts = [torch.stack([self.distance.double(), self.image_index.double(), self.h.double(), self.w.double()], 1),
+                 self.latent.double()]  # fmt: skip
+        if self.keep_source_maps:
+            if self.source_maps is None:
+                raise RuntimeError("reduce() with source maps needs their grid: call ensure_map_shape(H, W)")
+            parts.append(self.source_maps.double().flatten(1))
+        packed = torch.cat(parts, dim=1)
+        dim = self.latent.shape[1]
         gathered = all_gather_fn(packed)
         if gathered.dim() == packed.dim():
             gathered = gathered[None]
@@ -244,9 +268,19 @@ class PushSearch:
                     "image_index": part[:, 1].long(),
                     "h": part[:, 2].long(),
                     "w": part[:, 3].long(),
-                    "latent": part[:, 4:].float(),
+                    "latent": part[:, 4:4 + dim].float(),
+                    "source_maps": part[:, 4 + dim:].float().view_as(self.source_maps) if self.keep_source_maps else None,
                 }
             )
+
+    def activation_maps(self, prototypes: torch.Tensor) -> torch.Tensor:
+        """(m, H, W) squared distances from each of ``prototypes`` (m, D, 1, 1) to every cell of its
+        source image's latent map (the same expansion as ``ProtoPNet.distances``)."""
+        if self.source_maps is None:
+            raise RuntimeError("the search kept no source maps (keep_source_maps=False, or no batch was seen)")
+        z = self.source_maps
+        p = prototypes.detach().float().to(z.device).flatten(1)[:, :, None, None]  # (m, D, 1, 1)
+        return ((z * z).sum(1) - 2 * (z * p).sum(1) + (p * p).sum(1)).clamp(min=0)
 
     def result(self) -> PushResult:
         return PushResult(
@@ -282,6 +316,7 @@ class PushSearch:
             "latent": self.latent.cpu().clone(),
             "prototype_class_identity": self.prototype_class_identity.cpu().clone(),
             "class_specific": torch.tensor(self.class_specific),
+            **({"source_maps": self.source_maps.cpu().clone()} if self.source_maps is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
