@@ -5,9 +5,10 @@
     python -m experiments.prototypes nearest --ckpt CKPT [--k 5] [--out FIG.png]
         global analysis: each prototype's k nearest training patches
     python -m experiments.prototypes attack --ckpt CKPT --image IMG --prototype J \
-        --region Y0 Y1 X0 X1 [--mode raise|lower] [--epsilon 0.03] [--steps 40] [--out FIG.png]
-        "this does not look like that": PGD inside the region (pixels of the resized image) to
-        make prototype J fire there (raise) or stop firing (lower)
+        --region Y0 Y1 X0 X1 [--objective paper|cell] [--mode raise|lower] [--epsilon 0.03] [--steps 40]
+        "this does not look like that": PGD inside the region (pixels of the resized image); the
+        paper's objective makes prototype J fire over the region while suppressing where it fired
+        on the clean image; ``cell`` raises one cell (or lowers it where it fires, ``--mode lower``)
 
 Figures go next to the checkpoint's run folder unless ``--out`` says otherwise.
 """
@@ -28,7 +29,7 @@ from datamodules.dataset import load_rgb  # noqa: E402
 from datamodules.transforms import build_transforms  # noqa: E402
 from experiments.predict import build_datamodule  # noqa: E402
 from lightning_modules.modules.loading import load_module, read_checkpoint  # noqa: E402
-from lightning_modules.protopnet.attack import prototype_attack  # noqa: E402
+from lightning_modules.protopnet.attack import paper_attack, prototype_attack  # noqa: E402
 from lightning_modules.protopnet.analysis import (  # noqa: E402
     attack_figure,
     local_analysis,
@@ -82,19 +83,43 @@ def nearest(ckpt: str, k: int = 5, out: str | None = None) -> dict:
 
 
 def attack(ckpt: str, image: str, prototype: int, region: tuple[int, int, int, int], mode: str = "raise",
-           epsilon: float = 8 / 255, steps: int = 40, out: str | None = None):
+           epsilon: float = 8 / 255, steps: int = 40, out: str | None = None, objective: str = "paper",
+           seed: int = 0):
+    """``objective="paper"``: the paper's attack (raise the prototype over every cell under the
+    region, suppress where it fired on the clean image, random start, 2/255 steps); ``"cell"``:
+    raise it at the one cell under the region's centre (``mode="raise"``) or lower it where it
+    fires most (``"lower"``), from the clean image."""
     _, module, datamodule = load(ckpt)
     tensor, picture = prepare(datamodule, image)
     hp = datamodule.hparams
-    # "raise": make the prototype fire at the cell under the region's centre; "lower": where it
-    # fires most on the clean image.
-    target = region_cell(module.net, tensor, region) if mode == "raise" else None
-    result = prototype_attack(module.net, tensor, prototype, region_mask(tensor.shape[-2:], region), target,
-                              mode=mode, epsilon=epsilon, steps=steps, mean=hp.normalize_mean, std=hp.normalize_std)
+    mask = region_mask(tensor.shape[-2:], region)
+    if objective == "paper":
+        if mode != "raise":
+            raise ValueError("the paper's objective raises the prototype; use objective='cell' to lower it")
+        result = paper_attack(module.net, tensor, prototype, mask, region_cells(module.net, tensor, region),
+                              epsilon=epsilon, steps=steps, seed=seed, mean=hp.normalize_mean, std=hp.normalize_std)
+    elif objective == "cell":
+        target = region_cell(module.net, tensor, region) if mode == "raise" else None
+        result = prototype_attack(module.net, tensor, prototype, mask, target, mode=mode, epsilon=epsilon,
+                                  steps=steps, mean=hp.normalize_mean, std=hp.normalize_std)  # fmt: skip
+    else:
+        raise ValueError(f"objective must be 'paper' or 'cell', got {objective!r}")
     attacked = denormalise(result.image, hp.normalize_mean, hp.normalize_std)[0]
     path = Path(out) if out else default_out(ckpt, f"attack_{Path(image).stem}_p{prototype}_{mode}.png")
     write_png(path, attack_figure(picture, attacked, result, region))
     return result
+
+
+@torch.no_grad()
+def region_cells(net, image: torch.Tensor, region: tuple[int, int, int, int]) -> list[tuple[int, int]]:
+    """The latent cells whose centres lie in a pixel box ``(y0, y1, x0, x1)`` (at least the cell
+    under the box's centre)."""
+    h, w = net.latent(image).shape[-2:]
+    height, width = image.shape[-2:]
+    y0, y1, x0, x1 = region
+    cells = [(r, c) for r in range(h) for c in range(w)
+             if y0 <= (r + 0.5) * height / h < y1 and x0 <= (c + 0.5) * width / w < x1]  # fmt: skip
+    return cells or [region_cell(net, image, region)]
 
 
 @torch.no_grad()
@@ -123,7 +148,11 @@ def main(argv=None) -> None:
     p.add_argument("--image", required=True)
     p.add_argument("--prototype", type=int, required=True)
     p.add_argument("--region", type=int, nargs=4, required=True, metavar=("Y0", "Y1", "X0", "X1"))
-    p.add_argument("--mode", choices=["raise", "lower"], default="raise")
+    p.add_argument("--objective", choices=["paper", "cell"], default="paper",
+                   help="paper: raise over the region's cells minus the clean high-activation cells, random "
+                        "start, 2/255 steps; cell: one cell, from the clean image")
+    p.add_argument("--mode", choices=["raise", "lower"], default="raise", help="with --objective cell")
+    p.add_argument("--seed", type=int, default=0, help="the random start of the paper's objective")
     p.add_argument("--epsilon", type=float, default=8 / 255, help="L-inf budget in [0, 1] pixel units")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--out")
@@ -135,7 +164,7 @@ def main(argv=None) -> None:
         print(json.dumps(nearest(args.ckpt, args.k, args.out))[:2000])
     else:
         r = attack(args.ckpt, args.image, args.prototype, tuple(args.region), args.mode, args.epsilon, args.steps,
-                   args.out)  # fmt: skip
+                   args.out, args.objective, args.seed)  # fmt: skip
         print(f"similarity {r.similarity_before:.3f} -> {r.similarity_after:.3f} at cell {r.cell_after}; "
               f"L-inf {r.linf:.4f}, L2 {r.l2:.4f}")
 

@@ -102,3 +102,30 @@ def test_empty_mask_changes_nothing(setup):
     assert result.similarity_after == result.similarity_before
     with pytest.raises(ValueError, match="mode"):
         prototype_attack(net, image, 0, empty, mode="up")
+
+
+def test_paper_objective_raises_the_targets_and_suppresses_the_original_evidence(setup):
+    """The paper's first attack: targets (a set of cells) rise while the clean image's
+    high-activation cells fall; random start inside the budget; mask and budget still hold."""
+    from lightning_modules.protopnet.attack import high_activation_cells, paper_attack
+
+    net, _, image, mask = setup
+    net.eval()
+    with torch.no_grad():
+        clean = net.distance_to_similarity(net(image).distances[0, 2])
+    net.train()
+    top = divmod(int(clean.argmax()), 2)
+    targets = [c for c in [(0, 0), (0, 1), (1, 0), (1, 1)] if c[0] != top[0]]  # the other row
+    result = paper_attack(net, image, prototype=2, region_mask=mask, target_cells=targets,
+                          epsilon=EPSILON, steps=10, mean=MEAN, std=STD)  # fmt: skip
+    assert torch.allclose(result.similarity_map_before, clean)
+    suppressed = [c for c in high_activation_cells(clean) if c not in targets]
+    assert suppressed == [top]  # the clean image fired there
+    assert result.suppressed_before == pytest.approx(float(clean[top]))
+    assert result.similarity_before == pytest.approx(sum(float(clean[c]) for c in targets) / 2)
+    assert result.similarity_after > result.similarity_before  # the targets rise
+    assert result.suppressed_after < result.suppressed_before  # the original evidence falls
+    assert (result.perturbation[..., ~mask] == 0).all() and result.linf <= EPSILON
+    without = prototype_attack(net, image, 2, mask, targets, epsilon=EPSILON, steps=10, step_size=2 / 255,
+                               mean=MEAN, std=STD, random_start=True)  # fmt: skip
+    assert result.suppressed_after < float(without.similarity_map_after[top])  # the suppression term lowers it
