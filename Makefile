@@ -5,6 +5,7 @@
 #   make predict CKPT=... IMAGES=/folder/of/pictures                     (new images, no metadata)
 #   make predict CKPT="a.ckpt b.ckpt" TTA=8                              (ensemble, 8 dihedral views)
 #   make cv EXP=metablock [DATA=... DATA_DIR=...] [CV_DIR=runs/metablock-cv/<stamp>] [ARGS=...]   k-fold CV table
+#   make compare [DATA=... DATA_DIR=...] [SEEDS="1 2 3"] [COMPARE_DIR=runs/compare/<stamp>]   every architecture
 #   make test        fast test suite (a few minutes on 2 CPU cores)
 #   make test-slow   the slow integration tests (DDP on CPU, longer runs)
 #   make bench       training and data-loading throughput of the default experiment
@@ -26,6 +27,8 @@ SPLIT ?= all
 OUT ?=
 TTA ?= 1
 CV_DIR ?=
+SEEDS ?= 1 2 3
+COMPARE_DIR ?=
 
 # albumentations otherwise checks for updates over the network at import.
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -33,7 +36,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 DATA_ARGS := $(if $(DATA),--data.dataset=$(DATA) --config experiments/data/$(DATA).yaml) $(if $(DATA_DIR),--data.data_dir=$(DATA_DIR))
 
-.PHONY: help install train cv predict test test-slow bench clean
+.PHONY: help install train cv compare predict test test-slow bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -50,6 +53,9 @@ train: $(STAMP) ## train EXP (default metablock) on DATA (default: built-in synt
 
 cv: $(STAMP) ## k-fold cross-validation of EXP (CV_DIR=... resumes one): summary.md, mean ± std over folds
 	$(PY) -m experiments.cv --config experiments/$(EXP).yaml $(if $(CV_DIR),--dir $(CV_DIR)) -- $(DATA_ARGS) $(ARGS)
+
+compare: $(STAMP) ## every architecture on the same data, split and SEEDS: one table (summary.md) and figure
+	$(PY) -m experiments.compare --seeds $(SEEDS) $(if $(COMPARE_DIR),--dir $(COMPARE_DIR)) -- $(DATA_ARGS) $(ARGS)
 
 predict: $(STAMP) ## per-image class probabilities from CKPT (several: an ensemble; TTA=8) on DATA/DATA_DIR (SPLIT=all|train|val|test|unlabeled) or IMAGES=folder
 	@test -n "$(CKPT)" || { echo "usage: make predict CKPT=path/to.ckpt [DATA=... DATA_DIR=...] [SPLIT=all|unlabeled] [IMAGES=folder] [OUT=file.csv]"; exit 2; }

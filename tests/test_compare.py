@@ -1,0 +1,40 @@
+"""One-command comparison: the same data, split and seeds for every model, one table and figure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments import compare
+from tests.conftest import SMALL_SYNTHETIC
+from tests.test_experiments import REPO
+
+
+def test_every_model_has_a_config_and_the_make_target_passes_data():
+    import subprocess
+
+    for config, _ in compare.MODELS.values():
+        assert (REPO / config).is_file()
+    line = subprocess.run(["make", "-n", "-W", "pyproject.toml", "compare", "DATA=pad_ufes20", "SEEDS=4 5"], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "-m experiments.compare --seeds 4 5 -- --data.dataset=pad_ufes20" in " ".join(line.split())
+
+
+@pytest.mark.slow  # three short training runs in subprocesses
+def test_compare_tabulates_models_over_seeds(tmp_path, synthetic_cache, monkeypatch):
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "cmp"
+    compare.main(["--seeds", "1", "2", "--models", "MetaBlock", "soft attention (dot)", "--dir", str(out), "--",
+                  f"--data.data_dir={synthetic_cache}", f"--data.source_options={json.dumps(SMALL_SYNTHETIC)}",
+                  "--data.image_size=32", "--data.batch_size=16", "--data.num_workers=0", "--trainer.max_epochs=1",
+                  "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--run.wandb=false"])  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())["models"]
+    assert list(summary) == ["MetaBlock", "soft attention (dot)"]
+    runs = [json.loads((out / f"metablock-s{s}" / "metrics.json").read_text())["test"]["auroc"] for s in (1, 2)]
+    assert summary["MetaBlock"]["auroc"]["runs"] == runs
+    assert "lesion_mass" in summary["soft attention (dot)"] and "lesion_mass" not in summary["MetaBlock"]
+    assert summary["MetaBlock"]["inference_ms_per_image"] > 0 and summary["MetaBlock"]["parameters"] > 0
+    text = (out / "summary.md").read_text()
+    assert text.startswith("| model |") and text.count("\n| ") == 2 and "± " in text  # header + two models
+    assert (out / "auroc.png").stat().st_size > 0
