@@ -77,41 +77,52 @@ def test_pk_sampler_batches():
 
 
 
-def test_pk_sampler_under_lightnings_distributed_sampler_injection():
+def test_pk_sampler_with_the_distributed_sampler_lightning_injects():
     """Under DDP Lightning re-creates every BatchSampler subclass with ``sampler=DistributedSampler``
-    (the same code path as ``Trainer(strategy="ddp")``); each rank then draws its own half of the
-    batches, and the epoch Lightning sets on that sampler moves the stream on."""
-    from lightning.pytorch.utilities.data import _update_dataloader
-    from lightning.fabric.utilities.data import _replace_dunder_methods, _set_sampler_epoch
-    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+    (the end-to-end path runs in the slow DDP test); each rank then draws its own half of the
+    batches, and the epoch set on that sampler moves the stream on."""
+    from torch.utils.data import DistributedSampler
 
     labels = [0] * 10 + [1] * 3 + [2] * 6 + [3] * 8
-    with _replace_dunder_methods(BatchSampler):  # what Lightning wraps the dataloader hooks in
-        loader = DataLoader(range(len(labels)), batch_sampler=ClassBalancedBatchSampler(labels, 3, 4, 6, seed=1))
-    per_rank = []
-    for rank in (0, 1):
-        injected = DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=True, seed=0)
-        per_rank.append(_update_dataloader(loader, injected))
-    samplers = [dl.batch_sampler for dl in per_rank]
+    samplers = [ClassBalancedBatchSampler(labels, 3, 4, 6, seed=1,
+                                          sampler=DistributedSampler(range(len(labels)), num_replicas=2, rank=rank,
+                                                                     shuffle=True, seed=0))
+                for rank in (0, 1)]  # fmt: skip
     assert [(s.rank, s.world_size, len(s)) for s in samplers] == [(0, 2, 3), (1, 2, 3)]
     assert all(len(set(labels[i] for i in batch)) == 3 for s in samplers for batch in s)
     first = [list(s) for s in samplers]
     assert first[0] != first[1]
-    _set_sampler_epoch(per_rank[0], 1)  # what the fit loop calls at each epoch start
+    samplers[0].sampler.set_epoch(1)  # what Lightning's fit loop does at each epoch start
     assert list(samplers[0]) != first[0]
 
 
-def test_pk_sampler_follows_the_epoch_lightning_sets():
-    """Lightning sets the epoch on ``batch_sampler.sampler``; without DDP too the batches change."""
-    from lightning.fabric.utilities.data import _set_sampler_epoch
+def test_pk_sampler_follows_the_epoch_a_real_fit_sets():
+    """Lightning sets the epoch on ``batch_sampler.sampler``: in a real ``Trainer.fit`` the batches
+    of epoch 1 differ from epoch 0's."""
+    import lightning as L
     from torch.utils.data import DataLoader
 
     labels = [0] * 10 + [1] * 3 + [2] * 6 + [3] * 8
+
+    class Recorder(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.seen: dict[int, list] = {}
+
+        def training_step(self, batch, batch_idx):
+            self.seen.setdefault(self.current_epoch, []).append(batch.tolist())
+            return (self.weight * 0).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
     loader = DataLoader(range(len(labels)), batch_sampler=ClassBalancedBatchSampler(labels, 3, 4, 5, seed=1))
-    epoch0 = [b.tolist() for b in loader]
-    assert epoch0 == [b.tolist() for b in loader]
-    _set_sampler_epoch(loader, 1)
-    assert epoch0 != [b.tolist() for b in loader]
+    module = Recorder()
+    L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(module, train_dataloaders=loader)  # fmt: skip
+    assert len(module.seen[0]) == len(module.seen[1]) == 5
+    assert module.seen[0] != module.seen[1]
 
 
 @pytest.mark.parametrize("backbone", ["resnet10t", "efficientnet_b0", "vgg11_bn"])
