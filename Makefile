@@ -1,5 +1,6 @@
 # dermattn: every target creates .venv and installs the project on first use.
 #   make train EXP=metablock [DATA=pad_ufes20 DATA_DIR=/path] [ARGS="--trainer.max_epochs=2"] [RESUME=runs/.../last.ckpt]
+#   make preprocess DATA=isic2020 DATA_DIR=/path [SIZE=512]   resized image copies that training then reads
 #   make predict CKPT=runs/metablock/<run>/checkpoints/last.ckpt [DATA=... DATA_DIR=...] [SPLIT=test] [OUT=preds.csv]
 #   make predict CKPT=... DATA=isic2020 DATA_DIR=/path SPLIT=unlabeled   (the challenge test set)
 #   make predict CKPT=... IMAGES=/folder/of/pictures                     (new images, no metadata)
@@ -29,6 +30,7 @@ TTA ?= 1
 CV_DIR ?=
 SEEDS ?= 1 2 3
 COMPARE_DIR ?=
+SIZE ?= 512
 
 # albumentations otherwise checks for updates over the network at import.
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -36,7 +38,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 DATA_ARGS := $(if $(DATA),--data.dataset=$(DATA) --config experiments/data/$(DATA).yaml) $(if $(DATA_DIR),--data.data_dir=$(DATA_DIR))
 
-.PHONY: help install train cv compare predict test test-slow bench clean
+.PHONY: help install train preprocess cv compare predict test test-slow bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -50,6 +52,10 @@ install: $(STAMP) ## create .venv and install the project with its dev extras
 
 train: $(STAMP) ## train EXP (default metablock) on DATA (default: built-in synthetic)
 	$(PY) -m experiments.train --config experiments/$(EXP).yaml $(DATA_ARGS) $(if $(RESUME),--resume=$(RESUME)) $(ARGS)
+
+preprocess: $(STAMP) ## resized copies of DATA's images (SIZE=512) that training then reads
+	@test -n "$(DATA)" || { echo "usage: make preprocess DATA=isic2020 DATA_DIR=/path [SIZE=512] [ARGS=\"--source-options '{...}'\"]"; exit 2; }
+	$(PY) -m datamodules.preprocess --dataset $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --size $(SIZE) $(ARGS)
 
 cv: $(STAMP) ## k-fold cross-validation of EXP (CV_DIR=... resumes one): summary.md, mean ± std over folds
 	$(PY) -m experiments.cv --config experiments/$(EXP).yaml $(if $(CV_DIR),--dir $(CV_DIR)) -- $(DATA_ARGS) $(ARGS)

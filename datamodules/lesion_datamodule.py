@@ -18,12 +18,13 @@ from typing import Any, Optional, Sequence
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader, WeightedRandomSampler, default_collate
 
 from datamodules.dataset import LesionDataset, load_rgb
 from datamodules.description import DataDescription
+from datamodules.image_cache import apply_cache, find_cache
 from datamodules.metadata import MetadataEncoder
 from datamodules.records import DatasetError, LesionRecord, LesionTable
 from datamodules.samplers import ClassBalancedBatchSampler
@@ -57,6 +58,7 @@ class LesionDataModule(L.LightningDataModule):
         pk_batches: Optional[tuple[int, int]] = None,
         small_images: str = "error",
         oversample: Optional[dict[str, float]] = None,
+        image_cache: bool = True,
     ):
         """
         Args:
@@ -84,6 +86,10 @@ class LesionDataModule(L.LightningDataModule):
             oversample: ``{class: factor}``: draw training images of these classes ``factor`` times
                 as often as the others (AttnMel oversampled melanoma x4: ``{MEL: 4}``), with
                 replacement, as many draws per epoch as there are training images.
+            image_cache: use a current resized cache of at least ``image_size`` when one exists
+                (``make preprocess DATA=... DATA_DIR=... SIZE=512``; see ``datamodules/image_cache.py``):
+                the smallest such cache under ``$DERMATTN_CACHE`` (or ``~/.cache/dermattn``); a cache
+                whose source files changed is an error. ``false`` always reads the original images.
         """
         super().__init__()
         if dataset not in DATASETS:
@@ -104,7 +110,12 @@ class LesionDataModule(L.LightningDataModule):
     def table(self) -> LesionTable:
         hp = self.hparams
         table = read_table(hp.dataset, hp.data_dir, **(hp.source_options or {}))
-        return drop_rare_classes(table, hp.min_class_images) if hp.min_class_images else table
+        table = drop_rare_classes(table, hp.min_class_images) if hp.min_class_images else table
+        cache = find_cache(table, hp.image_size) if hp.image_cache else None
+        if cache is not None:
+            table = apply_cache(table, cache)
+            rank_zero_info(f"{hp.dataset}: reading resized images from {cache} (--data.image_cache=false: the originals)")
+        return table
 
     @cached_property
     def split_records(self) -> dict[str, list[LesionRecord]]:

@@ -1,0 +1,315 @@
+"""Resized copies of a dataset's images, so that an epoch does not decode full-resolution photos.
+
+ISIC 2020's JPEGs are about 6000 x 4000 px; decoding them dominates an epoch at 224-512 px. The
+challenge winners trained on 512/768/1024-px copies; ``build_cache`` writes such copies once
+(``make preprocess DATA=... DATA_DIR=... SIZE=512``) and ``LesionDataModule`` then reads them.
+
+Layout: ``<cache_root>/resized/<dataset>-<sha1(resolved data folder)[:10]>-<size>/`` mirrors the
+data folder (the folder holding the dataset's CSV): ``jpeg/train/ISIC_x.jpg`` becomes
+``jpeg/train/ISIC_x.png`` there, its shorter side ``size`` px (never upscaled, aspect kept,
+Lanczos), decoded with the training path's own ``load_rgb`` and saved losslessly; a lesion mask
+is resized with nearest neighbour to its image's cached size. ``manifest.json`` is written last
+(atomically) and lists every source file's relative path, byte size and ``st_mtime_ns`` with its
+cached file: a folder without one is a partial cache and is never used. ``apply_cache`` checks
+every source and cached file against the manifest and refuses the cache, naming the file and the
+command that rebuilds it, if anything changed: a cache is used whole or not at all.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shlex
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from PIL import Image
+
+from datamodules.dataset import load_rgb
+from datamodules.records import DatasetError, LesionRecord, LesionTable
+from datamodules.synthetic.config import default_cache_root
+
+MANIFEST = "manifest.json"
+#: Bump when what a cached file holds changes (resampling, colour handling): old caches are then
+#: refused by ``apply_cache`` instead of silently read as the new kind.
+CACHE_VERSION = 1
+SUBFOLDER = "resized"
+
+
+# -- where a cache lives ----------------------------------------------------------------------
+def data_folder(table: LesionTable) -> Path:
+    """The dataset's folder as read: the folder of its CSV (every reader finds it at the top of
+    ``data_dir``; for ``synthetic`` it is the generated dataset's own folder, so each generator
+    config has its own cache)."""
+    return Path(table.csv_path).expanduser().parent
+
+
+def folder_prefix(table: LesionTable) -> str:
+    key = hashlib.sha1(str(data_folder(table).resolve()).encode()).hexdigest()[:10]
+    return f"{table.dataset}-{key}-"
+
+
+def cache_dir(table: LesionTable, size: int, cache_root: Optional[str | Path] = None) -> Path:
+    root = Path(cache_root).expanduser() if cache_root else default_cache_root()
+    return root / SUBFOLDER / f"{folder_prefix(table)}{int(size)}"
+
+
+def find_cache(table: LesionTable, image_size: int, cache_root: Optional[str | Path] = None) -> Optional[Path]:
+    """The complete cache (one with a manifest) of this dataset and data folder with the smallest
+    size >= ``image_size``; ``None`` if there is none."""
+    root = (Path(cache_root).expanduser() if cache_root else default_cache_root()) / SUBFOLDER
+    if not root.is_dir():
+        return None
+    prefix = folder_prefix(table)
+    found = []
+    for folder in root.iterdir():
+        suffix = folder.name[len(prefix):]
+        if folder.name.startswith(prefix) and suffix.isdigit() and (folder / MANIFEST).is_file():
+            if int(suffix) >= image_size:
+                found.append((int(suffix), folder))
+    return min(found)[1] if found else None
+
+
+def relative(path: Path, folder: Path) -> str:
+    """``path`` relative to the data folder, as a POSIX string (the manifest's key)."""
+    path = Path(path).expanduser()
+    for a, b in ((path, folder), (path.absolute(), folder.absolute()), (path.resolve(), folder.resolve())):
+        try:
+            return a.relative_to(b).as_posix()
+        except ValueError:
+            continue
+    raise DatasetError(f"{path} is outside the data folder {folder}; it cannot be cached")
+
+
+def cached_name(rel: str) -> str:
+    return Path(rel).with_suffix(".png").as_posix()
+
+
+def preprocess_command(
+    dataset: str, data_dir: str | Path, size: int, cache_root: Optional[str | Path] = None,
+    source_options: Optional[dict[str, Any]] = None,
+) -> str:
+    """The ``make preprocess`` line that (re)builds this cache."""
+    parts = []
+    if cache_root and Path(cache_root).expanduser().absolute() != default_cache_root().expanduser().absolute():
+        parts.append(f"DERMATTN_CACHE={shlex.quote(str(Path(cache_root).expanduser().absolute()))}")
+    parts += ["make", "preprocess", f"DATA={dataset}", f"DATA_DIR={shlex.quote(str(data_dir))}", f"SIZE={int(size)}"]
+    if source_options:
+        # make pastes ARGS into the recipe's shell line, so the JSON needs quoting twice.
+        options = json.dumps(source_options, sort_keys=True, separators=(",", ":"))
+        if any(c in options for c in "'$`\\"):
+            parts.append(f"ARGS={shlex.quote('--source-options ' + shlex.quote(options))}")
+        else:
+            escaped = options.replace('"', '\\"')
+            parts.append(f'ARGS="--source-options \'{escaped}\'"')
+    return " ".join(parts)
+
+
+def _default_command(table: LesionTable, size: int, cache_root: Optional[str | Path]) -> str:
+    folder = data_folder(table).absolute()
+    if table.dataset == "synthetic":  # data_dir is the generator's cache root; its options matter
+        options = None
+        try:
+            options = json.loads((folder / "generator.json").read_text())
+            options = {k: v for k, v in options.items() if k not in ("version", "images")}
+        except (OSError, ValueError):
+            pass
+        return preprocess_command("synthetic", folder.parent, size, cache_root, options)
+    return preprocess_command(table.dataset, folder, size, cache_root)
+
+
+# -- writing ------------------------------------------------------------------------------------
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(w, h) with the shorter side ``size``, aspect kept; never larger than the original."""
+    short = min(width, height)
+    if short <= size:
+        return width, height
+    scale = size / short
+    if width <= height:
+        return size, max(size, int(round(height * scale)))
+    return max(size, int(round(width * scale))), size
+
+
+def _stat(path: Path) -> dict[str, int]:
+    st = os.stat(path)
+    return {"bytes": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def _save_png(path: Path, image: Image.Image) -> None:
+    # Imported here: lightning_modules pulls in torch/lightning, which the readers do not need.
+    from lightning_modules.utils.atomic_io import atomic_write
+
+    atomic_write(path, lambda f: image.save(f, format="PNG"), mode="wb")
+
+
+def _cache_image(record: LesionRecord, dataset: str, size: int, src: Path, dst: Path) -> tuple[int, int]:
+    # Decoded as training decodes it (EXIF rotation, RGBA on white, 16-bit); JPEGs at a DCT scale
+    # keeping both sides >= 2 * size, as LesionDataset does, so the Lanczos step still anti-aliases.
+    # A mask must match the full-resolution image, so images with one are decoded in full.
+    array = load_rgb(src, dataset, record.line, None if record.mask_path is not None else 2 * size)
+    image = Image.fromarray(array)
+    target = resized_size(image.width, image.height, size)
+    if target != image.size:
+        image = image.resize(target, Image.LANCZOS)
+    _save_png(dst, image)
+    return array.shape[1], array.shape[0]
+
+
+def _cache_mask(mask_path: Path, dataset: str, source_size: tuple[int, int], size: int, dst: Path) -> None:
+    try:
+        with Image.open(mask_path) as mask:
+            mask = mask.convert("L")
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{dataset}: cannot read lesion mask {mask_path}: {err}") from err
+    if mask.size != source_size:
+        raise DatasetError(f"{dataset}: mask {mask_path} is {mask.size[1]} x {mask.size[0]} px, its image "
+                           f"{source_size[1]} x {source_size[0]}")
+    target = resized_size(*source_size, size)
+    if target != mask.size:
+        mask = mask.resize(target, Image.NEAREST)
+    _save_png(dst, mask)
+
+
+def build_cache(
+    table: LesionTable,
+    size: int,
+    cache_root: Optional[str | Path] = None,
+    *,
+    command: Optional[str] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> Path:
+    """Write every record's image (and mask) with its shorter side ``size`` px into the cache
+    folder, then ``manifest.json``; return the folder. Files whose source is unchanged since a
+    previous complete build are kept. ``command`` (stored in the manifest, quoted by errors) is
+    the line that rebuilds the cache; ``progress(done, total)`` is called after every image."""
+    from lightning_modules.utils.atomic_io import write_json
+
+    if int(size) < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    size = int(size)
+    source_root = data_folder(table)
+    folder = cache_dir(table, size, cache_root)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time per folder
+        old = _read_manifest(folder)
+        (folder / MANIFEST).unlink(missing_ok=True)  # from here on the folder is a partial cache
+        old_files = old.get("files", {}) if old.get("version") == CACHE_VERSION else {}
+        files: dict[str, dict[str, Any]] = {}
+        owner: dict[str, str] = {}  # cached name -> source, to catch x.jpg and x.png side by side
+
+        def claim(rel: str) -> tuple[str, Optional[dict]]:
+            name = cached_name(rel)
+            if owner.setdefault(name, rel) != rel:
+                raise DatasetError(f"{table.dataset}: {owner[name]} and {rel} would both be cached as {name}")
+            entry = old_files.get(rel)
+            if entry and entry.get("cached") == name and _current(source_root / rel, folder / name, entry):
+                return name, entry
+            return name, None
+
+        total = len(table.records)
+        for done, record in enumerate(table.records, 1):
+            rel = relative(record.image_path, source_root)
+            if rel not in files:
+                name, entry = claim(rel)
+                mask_rel = relative(record.mask_path, source_root) if record.mask_path is not None else None
+                mask_name, mask_entry = claim(mask_rel) if mask_rel else (None, None)
+                source_stat = _stat(record.image_path)  # before decoding: a later change is then caught
+                if entry is None or (mask_rel and mask_entry is None):
+                    source_size = _cache_image(record, table.dataset, size, Path(record.image_path), folder / name)
+                    entry = {"cached": name, **source_stat, "cached_stat": _stat(folder / name)}
+                    if mask_rel:
+                        mask_stat = _stat(record.mask_path)
+                        _cache_mask(Path(record.mask_path), table.dataset, source_size, size, folder / mask_name)
+                        mask_entry = {"cached": mask_name, **mask_stat, "cached_stat": _stat(folder / mask_name)}
+                files[rel] = entry
+                if mask_rel:
+                    files[mask_rel] = mask_entry
+            if progress is not None:
+                progress(done, total)
+        manifest = {
+            "version": CACHE_VERSION,
+            "dataset": table.dataset,
+            "data_dir": str(source_root.resolve()),
+            "size": size,
+            "resample": "PIL LANCZOS (masks: NEAREST), shorter side = size, never upscaled",
+            "command": command or _default_command(table, size, cache_root),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "files": files,
+        }
+        write_json(folder / MANIFEST, manifest)  # last: its presence means the folder is complete
+    return folder
+
+
+def _current(source: Path, cached: Path, entry: dict) -> bool:
+    try:
+        return _stat(source) == {"bytes": entry["bytes"], "mtime_ns": entry["mtime_ns"]} and \
+            _stat(cached) == entry["cached_stat"]
+    except (OSError, KeyError, TypeError):
+        return False
+
+
+def _read_manifest(folder: Path) -> dict:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# -- reading ------------------------------------------------------------------------------------
+def apply_cache(table: LesionTable, folder: str | Path) -> LesionTable:
+    """``table`` with every record's image (and mask) pointing into the cache ``folder``, after
+    checking each source and cached file against the manifest; any difference raises
+    ``DatasetError`` naming the file and the command that rebuilds the cache."""
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
+    command = manifest.get("command") or "make preprocess DATA=... DATA_DIR=... SIZE=..."
+
+    def stale(what: str) -> DatasetError:
+        return DatasetError(
+            f"{table.dataset}: the resized image cache {folder} is out of date: {what}. Re-run "
+            f"`{command}` to rebuild it, or pass --data.image_cache=false to read the original images"
+        )
+
+    if not manifest:
+        raise stale(f"{folder / MANIFEST} is missing or unreadable")
+    if manifest.get("version") != CACHE_VERSION:
+        raise stale(f"it was written by cache version {manifest.get('version')}, this code reads {CACHE_VERSION}")
+    files = manifest.get("files") or {}
+    source_root = data_folder(table)
+    checked: dict[str, Path] = {}
+
+    def cached(path: Path) -> Path:
+        rel = relative(path, source_root)
+        if rel in checked:
+            return checked[rel]
+        entry = files.get(rel)
+        if entry is None:
+            raise stale(f"{path} is not in it")
+        try:
+            now = _stat(path)
+        except FileNotFoundError:
+            raise stale(f"source file {path} no longer exists") from None
+        if now != {"bytes": entry.get("bytes"), "mtime_ns": entry.get("mtime_ns")}:
+            raise stale(f"source file {path} changed since it was cached "
+                        f"({entry.get('bytes')} -> {now['bytes']} bytes, mtime {entry.get('mtime_ns')} -> "
+                        f"{now['mtime_ns']} ns)")
+        target = folder / entry["cached"]
+        try:
+            if _stat(target) != entry.get("cached_stat"):
+                raise stale(f"cached file {target} (of {path}) was modified")
+        except FileNotFoundError:
+            raise stale(f"cached file {target} (of {path}) is missing") from None
+        checked[rel] = target
+        return target
+
+    records = [
+        replace(r, image_path=cached(r.image_path),
+                mask_path=cached(r.mask_path) if r.mask_path is not None else None)
+        for r in table.records
+    ]
+    return replace(table, records=records)

@@ -1,0 +1,72 @@
+"""Write the resized-image cache that training then reads (``datamodules/image_cache.py``).
+
+    python -m datamodules.preprocess --dataset isic2020 --data-dir /data/isic2020 --size 512 \
+        [--cache-root ~/.cache/dermattn] [--source-options '{"task": "diagnosis"}']
+    make preprocess DATA=isic2020 DATA_DIR=/data/isic2020 SIZE=512
+
+Prints progress every 1000 images, the total time, and last the cache folder. Re-running after
+some source files changed re-encodes only those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from datamodules.image_cache import build_cache, preprocess_command  # noqa: E402
+from datamodules.records import DatasetError  # noqa: E402
+from datamodules.sources import DATASETS, read_table  # noqa: E402
+
+PROGRESS_EVERY = 1000
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m datamodules.preprocess", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--data-dir", default=None,
+                        help="the dataset's folder as downloaded (synthetic: the generator's cache root)")
+    parser.add_argument("--size", type=int, default=512, help="shorter side of the cached images, px")
+    parser.add_argument("--cache-root", default=None, help="default: $DERMATTN_CACHE or ~/.cache/dermattn")
+    parser.add_argument("--source-options", default=None, type=json.loads,
+                        help='reader options as JSON, e.g. \'{"task": "diagnosis"}\'')
+    args = parser.parse_args(argv)
+    if args.size < 1:
+        parser.error(f"--size must be positive, got {args.size}")
+    options = args.source_options or {}
+    if not isinstance(options, dict):
+        parser.error("--source-options must be a JSON object")
+    start = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        if done % PROGRESS_EVERY == 0 or done == total:
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            print(f"{done}/{total} images ({rate:.1f} images/s)", file=sys.stderr, flush=True)
+
+    try:
+        table = read_table(args.dataset, args.data_dir, **options)
+        data_dir = args.data_dir
+        if data_dir is None and args.dataset == "synthetic":
+            from datamodules.synthetic import default_cache_root
+
+            data_dir = default_cache_root()
+        command = preprocess_command(args.dataset, os.path.abspath(os.path.expanduser(str(data_dir))), args.size,
+                                     args.cache_root, options)
+        folder = build_cache(table, args.size, args.cache_root, command=command, progress=progress)
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    minutes, seconds = divmod(time.perf_counter() - start, 60)
+    print(f"cached {len(table.records)} images at {args.size} px in {int(minutes)} min {seconds:.1f} s",
+          file=sys.stderr)
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
