@@ -176,6 +176,10 @@ def test_load_module_refuses_what_is_not_a_training_checkpoint(tmp_path):
     torch.save({"state_dict": {}, "hyper_parameters": {"lr": 0.1}}, path)
     with pytest.raises(ValueError, match="other.ckpt: not a checkpoint of a dermattn training run"):
         load_module(path)
+    torch.save({"state_dict": {}, "hyper_parameters": {"_class_path": "lightning_modules.fusion_module.FusionModule",
+                                                       "backbone": "resnet10t"}}, path)  # fmt: skip
+    with pytest.raises(ValueError, match="written before networks were configured under model.init_args.net"):
+        load_module(path)
     torch.save({"state_dict": {}, "hyper_parameters": {"_class_path": "collections.OrderedDict", "net": {}}}, path)
     with pytest.raises(ValueError, match="'collections.OrderedDict' is not a dermattn module"):
         load_module(path)

@@ -48,6 +48,10 @@ def module_class(class_path: str, path: str | Path) -> type[DermModule]:
 def load_module(path: str | Path, map_location: Any = "cpu") -> DermModule:
     """The module a training run saved at ``path``, in eval mode."""
     hparams = read_checkpoint(path).get("hyper_parameters", {})
+    if "_class_path" in hparams and "net" not in hparams:
+        raise ValueError(f"{path} was written before networks were configured under model.init_args.net "
+                         f"(its module {hparams['_class_path']} listed the network's options itself); "
+                         "retrain it with the current configs")
     if "_class_path" not in hparams or not isinstance(hparams.get("net"), dict):
         raise ValueError(f"{path}: not a checkpoint of a dermattn training run (its hyper-parameters name no "
                          "model class and network config; modules built by hand load with "
