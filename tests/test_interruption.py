@@ -26,9 +26,13 @@ def start_paused_run(tmp_path: Path, synthetic_cache: Path, step: int) -> tuple[
     pause = [{"class_path": "tests.interrupt_helpers.PauseAtStep", "init_args": {"step": step, "marker": str(marker)}}]
     args = quick_args(REPO / "experiments" / "metablock.yaml", tmp_path / "runs", synthetic_cache, *LIMITS,
                       f"--trainer.callbacks={json.dumps(pause)}")  # fmt: skip
+    # A shell that starts jobs in the background (CI runners, `make ... &`) makes them ignore
+    # SIGINT, and Python then never turns Ctrl-C into KeyboardInterrupt: give the run a terminal's
+    # default disposition, as a user's would have.
     process = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 300
     while not marker.exists():
         assert process.poll() is None, process.communicate()[1][-3000:]
