@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from datamodules.metadata import MetadataEncoder
 from datamodules.records import DatasetError, LesionRecord
+from datamodules.seeding import SampleKey, seed_transform
 
 
 def load_rgb(
@@ -57,7 +58,12 @@ def load_mask(path: Path, dataset: str = "dataset") -> np.ndarray:
 class LesionDataset(Dataset):
     """Items are dicts: ``image`` (3,H,W) float, ``meta`` (D,) float, ``label`` long, ``index``
     (position in ``records``, to trace predictions back to image ids) and, with ``load_masks`` when
-    every record has one, ``mask`` (H,W) float in {0, 1}."""
+    every record has one, ``mask`` (H,W) float in {0, 1}.
+
+    Keys are indices, or ``SampleKey``s from the training samplers: those seed the transform for
+    that one image, so an image's augmentation depends on the key alone, not on which worker
+    loads it or what was loaded before.
+    """
 
     def __init__(
         self,
@@ -67,10 +73,9 @@ class LesionDataset(Dataset):
         dataset: str = "dataset",
         load_masks: bool = True,
         image_size: Optional[int] = None,
-        rank: int = 0,
         small_images: str = "error",
     ):
-        """``rank``: the DDP process, which seeds its own augmentation stream. ``small_images``:
+        """``small_images``:
         what an image far smaller than ``image_size`` (shorter side under a quarter of it) gets:
         ``error`` (training: such a file is almost always a mistake, a thumbnail or a broken
         export) or ``warn`` (prediction: it is still predicted, but the user should know)."""
@@ -78,7 +83,6 @@ class LesionDataset(Dataset):
             raise ValueError(f"small_images must be 'error' or 'warn', got {small_images!r}")
         self.small_images = small_images
         self.records = list(records)
-        self.rank = rank
         self.encoder = encoder  # shared: a checkpoint's encoder, once loaded, applies at once
         self.transform = transform
         self.dataset = dataset
@@ -96,7 +100,12 @@ class LesionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        if isinstance(key, SampleKey):
+            index = key.index
+            seed_transform(self.transform, key.seed)
+        else:
+            index = int(key)
         record = self.records[index]
         # Decode at no less than twice the training size: the resize then still anti-aliases.
         min_side = 2 * self.image_size if self.image_size else None

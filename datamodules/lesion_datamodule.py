@@ -20,14 +20,15 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from sklearn.utils.class_weight import compute_class_weight
-from torch.utils.data import DataLoader, WeightedRandomSampler, default_collate
+from torch.utils.data import DataLoader, default_collate
 
 from datamodules.dataset import LesionDataset, load_rgb
 from datamodules.description import DataDescription
 from datamodules.image_cache import apply_cache, find_cache
 from datamodules.metadata import MetadataEncoder
 from datamodules.records import DatasetError, LesionRecord, LesionTable
-from datamodules.samplers import ClassBalancedBatchSampler
+from datamodules.samplers import ClassBalancedBatchSampler, SeededSampler
+from datamodules.seeding import TrainPosition, run_seed, seed_transform, training_position
 from datamodules.sources import DATASETS, read_table
 from datamodules.splits import SPLITS, split_indices
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
@@ -103,6 +104,7 @@ class LesionDataModule(L.LightningDataModule):
             raise ValueError(f"predict_split must be one of {(*SPLITS, 'all')}, got {predict_split!r}")
         self.save_hyperparameters()
         self.datasets: dict[str, LesionDataset] = {}
+        self._resume_at: Optional[TrainPosition] = None  # from a checkpoint (load_state_dict)
         self._eval_datasets: dict[str, LesionDataset] = {}  # for eval_batch
 
     # -- records, splits and the metadata encoder (loaded once, on first use) -------------------
@@ -174,42 +176,48 @@ class LesionDataModule(L.LightningDataModule):
         hp = self.hparams
         eval_tf = build_transforms(False, hp.image_size, hp.augment, hp.normalize_mean, hp.normalize_std)
         train_tf = build_transforms(True, hp.image_size, hp.augment, hp.normalize_mean, hp.normalize_std)
-        # Reproducible in-process augmentation (workers reseed in `seed_augmentations`). DDP ranks
-        # share the run seed, so the rank is mixed in: each process augments differently.
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        train_tf.set_random_seed(augmentation_seed(torch.initial_seed(), rank))
+        # Training items are seeded one by one by the sampler (SampleKey); this only fixes the
+        # stream for code that indexes the training set with plain integers.
+        seed_transform(train_tf, run_seed())
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": (hp.predict_split,)}
         for split in wanted.get(stage, (*SPLITS, hp.predict_split)):
             transform = train_tf if split == "train" else eval_tf
             self.datasets[split] = LesionDataset(
-                self.records(split), self.encoder, transform, hp.dataset, hp.load_masks, hp.image_size, rank,
+                self.records(split), self.encoder, transform, hp.dataset, hp.load_masks, hp.image_size,
                 hp.small_images,
             )
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         hp = self.hparams
-        if train and hp.pk_batches:
-            return self._pk_loader()
-        sampler = None
-        if train and (hp.balanced_sampler or hp.oversample):
+        if train:
+            return self._pk_loader() if hp.pk_batches else self._train_loader()
+        return DataLoader(self.datasets[split], batch_size=hp.eval_batch_size or hp.batch_size,
+                          num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0,
+                          pin_memory=torch.cuda.is_available(), generator=self._loader_generator())
+
+    def _train_loader(self) -> DataLoader:
+        """Shuffled, class-balanced or oversampled batches from a ``SeededSampler``."""
+        hp = self.hparams
+        weights = None
+        if hp.balanced_sampler or hp.oversample:
             labels = np.array([r.label for r in self.records("train")])
             if hp.balanced_sampler:
                 weights = 1.0 / np.bincount(labels, minlength=self.num_classes)[labels]
             else:
                 weights = self.oversampling_factors()[labels]
-            # Seeded from the run seed (seed_everything), so different seeds draw different batches.
-            generator = torch.Generator().manual_seed(int(torch.initial_seed()) % 2**63)
-            sampler = WeightedRandomSampler(weights.tolist(), len(labels), replacement=True, generator=generator)
+        epoch, batches_done = self._resume_position()
+        world_size, rank = self._world()
+        sampler = SeededSampler(len(self.datasets["train"]), run_seed(), weights, num_replicas=world_size,
+                                rank=rank, resume_at=(epoch, batches_done * hp.batch_size))
         return DataLoader(
-            self.datasets[split],
-            batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
-            shuffle=train and sampler is None,
+            self.datasets["train"],
+            batch_size=hp.batch_size,
             sampler=sampler,
-            drop_last=train and len(self.datasets[split]) > hp.batch_size,  # BatchNorm needs > 1 sample
+            drop_last=len(sampler) > hp.batch_size,  # BatchNorm needs > 1 sample
             num_workers=hp.num_workers,
-            worker_init_fn=seed_augmentations,
             persistent_workers=hp.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            generator=self._loader_generator(),
         )
 
     def _pk_loader(self) -> DataLoader:
@@ -218,10 +226,31 @@ class LesionDataModule(L.LightningDataModule):
         labels = [r.label for r in self.records("train")]
         # Under DDP Lightning re-creates the sampler with its DistributedSampler (rank, world size).
         sampler = ClassBalancedBatchSampler(labels, p, k, num_batches=max(1, len(labels) // (p * k)),
-                                            seed=int(torch.initial_seed()) % 2**32)
+                                            seed=run_seed(), resume_at=self._resume_position())
         return DataLoader(self.datasets["train"], batch_sampler=sampler, num_workers=hp.num_workers,
-                          worker_init_fn=seed_augmentations, persistent_workers=hp.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+                          persistent_workers=hp.num_workers > 0, pin_memory=torch.cuda.is_available(),
+                          generator=self._loader_generator())
+
+    def _resume_position(self) -> TrainPosition:
+        """The (epoch, batches done) to start from: a resumed run's, from the checkpoint, else the
+        trainer's epoch. Read when the training loader is made, which Lightning does once, after
+        restoring a checkpoint and before the loader's first iterator (with workers, that iterator
+        draws indices at once, before Lightning's first ``set_epoch``)."""
+        if self._resume_at is not None:
+            return self._resume_at
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return TrainPosition(epoch, 0)
+
+    def _world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 1, 0
+        return int(self.trainer.world_size), int(self.trainer.global_rank)
+
+    @staticmethod
+    def _loader_generator() -> torch.Generator:
+        """The DataLoader's own generator (it seeds the workers): without one, each iterator draws
+        its base seed from the global torch RNG and so shifts the model's random stream."""
+        return torch.Generator().manual_seed(run_seed())
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Any split with the evaluation transform (e.g. the training images as a retrieval bank)."""
@@ -288,11 +317,15 @@ class LesionDataModule(L.LightningDataModule):
 
     # -- checkpoint state: the fitted encoder travels with the weights ------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "encoder": self.encoder.state_dict(),
             "class_names": self.class_names,
             "feature_names": self.encoder.feature_names,
         }
+        position = training_position(self.trainer)
+        if position is not None:  # where a resumed run's sampler starts
+            state["train_position"] = list(position)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if list(state["class_names"]) != self.class_names:
@@ -300,6 +333,8 @@ class LesionDataModule(L.LightningDataModule):
                 f"checkpoint was trained on classes {state['class_names']}, "
                 f"but {self.hparams.dataset} has {self.class_names}"
             )
+        if "train_position" in state:
+            self._resume_at = TrainPosition(*state["train_position"])
         encoder = state["encoder"]
         self.table.split_features(list(encoder["numeric"]) + list(encoder["categorical"]))  # columns exist?
         if "encoder" in self.__dict__:
@@ -323,28 +358,6 @@ class LesionDataModule(L.LightningDataModule):
             "split_seed": hp.split_seed,
             "meta_features": self.encoder.feature_names,
         }
-
-
-def seed_augmentations(worker_id: int) -> None:
-    """Give each DataLoader worker its own augmentation stream.
-
-    albumentations 2.x ``Compose`` owns a random generator seeded once at construction; forked
-    workers inherit identical copies and would apply identical augmentations. torch seeds each
-    worker differently (and reproducibly, from the run seed), so reseed from that.
-    """
-    info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None) if info is not None else None
-    if transform is not None and hasattr(transform, "set_random_seed"):
-        # torch's worker seed differs per worker but not per DDP rank (same run seed everywhere).
-        transform.set_random_seed(augmentation_seed(torch.initial_seed(), getattr(info.dataset, "rank", 0)))
-
-
-def augmentation_seed(seed: int, rank: int) -> int:
-    """A 32-bit augmentation seed for one process (``rank``) of a run seeded with ``seed``; rank 0
-    (and a single-process run) keeps the plain run seed, so earlier results stay reproducible."""
-    if rank == 0:
-        return int(seed) % 2**32
-    return int(np.random.SeedSequence([int(seed) % 2**63, int(rank)]).generate_state(1)[0])
 
 
 def drop_rare_classes(table: LesionTable, min_images: int) -> LesionTable:

@@ -1,11 +1,76 @@
-"""Batch samplers for metric learning."""
+"""Training samplers whose every draw is a function of (run seed, epoch, position, rank).
+
+They yield ``SampleKey``s: the index of a sample and the seed of its augmentation, which the
+dataset applies in whichever worker loads it. A run resumed at (epoch, batch) skips exactly the
+samples trained before and continues the same streams (see ``datamodules/seeding.py``).
+"""
 
 from __future__ import annotations
 
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
-from torch.utils.data import BatchSampler, Sampler
+from torch.utils.data import BatchSampler, DistributedSampler, Sampler
+
+from datamodules.seeding import SampleKey
+
+# Stream names mixed into the seeds, so the order and the augmentations never share draws.
+ORDER, AUGMENT = 0, 1
+
+
+class SeededSampler(DistributedSampler):
+    """Each epoch: a permutation of the dataset (``weights=None``) or ``len(weights)`` draws with
+    replacement in proportion to ``weights`` (class-balanced or oversampled training), split
+    over the DDP ranks like ``DistributedSampler`` (padded by wrapping to a multiple of them).
+
+    The epoch's global order and each position's augmentation seed come from (``seed``, epoch)
+    alone; rank r takes positions r, r + R, ... So the union over ranks is the same for any
+    number of processes, and nothing depends on earlier epochs.
+
+    It *is* a ``DistributedSampler`` (built with the rank and world size the datamodule reads
+    from the trainer), so Lightning leaves it in place under DDP instead of wrapping it, and
+    calls ``set_epoch`` on it every epoch.
+    """
+
+    def __init__(self, num_samples: int, seed: int, weights: Optional[Sequence[float]] = None,
+                 num_replicas: int = 1, rank: int = 0, resume_at: tuple[int, int] = (0, 0)):
+        """
+        Args:
+            num_samples: dataset size (draws per epoch, with ``weights``).
+            resume_at: (epoch, samples of this rank already trained in it): a resumed run starts
+                there; any other epoch is drawn whole.
+        """
+        if num_samples < 1:
+            raise ValueError("SeededSampler needs at least one sample")
+        super().__init__(range(num_samples), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.n = num_samples
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        if self.weights is not None and (len(self.weights) != num_samples or not (self.weights >= 0).all()
+                                         or self.weights.sum() <= 0):
+            raise ValueError("weights must be one non-negative number per sample, not all zero")
+        self.resume_at = (int(resume_at[0]), int(resume_at[1]))
+        self.epoch = self.resume_at[0]
+
+    def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, augmentation seeds) of the whole epoch, all ranks, padded to ``total_size``."""
+        rng = np.random.default_rng([self.seed, epoch, ORDER])
+        if self.weights is None:
+            order = rng.permutation(self.n)
+        else:
+            order = rng.choice(self.n, size=self.n, replace=True, p=self.weights / self.weights.sum())
+        order = np.resize(order, self.total_size)  # pads by repeating from the start
+        seeds = np.random.default_rng([self.seed, epoch, AUGMENT]).integers(0, 2**32, size=self.total_size)
+        return order, seeds
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        order, seeds = self.epoch_order(self.epoch)
+        mine = np.arange(self.rank, self.total_size, self.num_replicas)
+        if self.epoch == self.resume_at[0]:
+            mine = mine[self.resume_at[1]:]
+        return iter([SampleKey(int(order[p]), int(seeds[p])) for p in mine])
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 class EpochCounter(Sampler[int]):
@@ -35,8 +100,10 @@ class ClassBalancedBatchSampler(BatchSampler):
 
     Classes are drawn uniformly (all of them when there are fewer than P); images without
     replacement within a class while it has enough, with replacement for rarer classes. The
-    stream is fixed by ``seed`` and the epoch, which Lightning sets on ``self.sampler`` (so a
-    resumed run continues the same stream).
+    stream is fixed by ``seed``, the epoch (which Lightning sets on ``self.sampler``) and the
+    rank, and each image gets its augmentation seed from the same values; ``resume_at`` skips the
+    batches a resumed epoch has already trained (the draws are made all the same, so the rest
+    of the epoch is unchanged).
 
     Distributed training goes through Lightning's own sampler injection: under DDP Lightning
     re-creates this batch sampler with ``sampler=DistributedSampler(...)`` (it does so for every
@@ -46,11 +113,13 @@ class ClassBalancedBatchSampler(BatchSampler):
     """
 
     def __init__(self, labels: Sequence[int], classes_per_batch: int, images_per_class: int,
-                 num_batches: int, seed: int = 0, sampler: Optional[Sampler] = None):
+                 num_batches: int, seed: int = 0, sampler: Optional[Sampler] = None,
+                 resume_at: tuple[int, int] = (0, 0)):
         """
         Args:
             num_batches: batches per epoch over all processes together.
             sampler: ``None``, or the ``DistributedSampler`` Lightning injects under DDP.
+            resume_at: (epoch, batches of this rank already trained in it).
         """
         # BatchSampler's own state, for code that inspects it (Lightning, DataLoader).
         self.sampler = sampler if sampler is not None else EpochCounter()
@@ -61,6 +130,11 @@ class ClassBalancedBatchSampler(BatchSampler):
         self.world_size = int(getattr(sampler, "num_replicas", 1))
         self.num_batches = max(1, num_batches // self.world_size)
         self.seed = seed
+        # An __init__ argument, not a later attribute: under DDP Lightning re-creates this object
+        # from its __init__ arguments.
+        self.resume_at = (int(resume_at[0]), int(resume_at[1]))
+        # The iterator of a loader with workers is made before Lightning's first set_epoch.
+        self.sampler.set_epoch(self.resume_at[0])
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -69,12 +143,17 @@ class ClassBalancedBatchSampler(BatchSampler):
         return self.num_batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.sampler.epoch, self.rank, self.world_size])
+        epoch = self.sampler.epoch
+        rng = np.random.default_rng([self.seed, epoch, self.rank, self.world_size])
+        augment = np.random.default_rng([self.seed, epoch, self.rank, self.world_size, AUGMENT])
+        skip = self.resume_at[1] if epoch == self.resume_at[0] else 0
         classes = np.array(sorted(self.by_class))
-        for _ in range(self.num_batches):
+        for b in range(self.num_batches):
             chosen = rng.choice(classes, size=min(self.p, len(classes)), replace=False)
             batch: list[int] = []
             for c in chosen:
                 pool = self.by_class[int(c)]
                 batch += rng.choice(pool, size=self.k, replace=len(pool) < self.k).tolist()
-            yield batch
+            seeds = augment.integers(0, 2**32, size=len(batch))
+            if b >= skip:
+                yield [SampleKey(int(i), int(s)) for i, s in zip(batch, seeds)]

@@ -117,6 +117,7 @@ def full_resolution_rates(folder: Path, sizes=(224, 512), shapes=((1024, 1024), 
     from datamodules.image_cache import apply_cache, build_cache
     from datamodules.metadata import MetadataEncoder
     from datamodules.records import LesionRecord, LesionTable
+    from datamodules.seeding import SampleKey
     from datamodules.transforms import build_transforms
 
     rates = {}
@@ -133,10 +134,10 @@ def full_resolution_rates(folder: Path, sizes=(224, 512), shapes=((1024, 1024), 
             for source, rows in (("", records), ("cached ", cached)):
                 dataset = LesionDataset(rows, MetadataEncoder().fit(rows), build_transforms(True, size, "isic"),
                                         "bench", False, size)  # fmt: skip
-                dataset[0]  # warm-up
+                dataset[SampleKey(0, 0)]  # warm-up
                 start = time.perf_counter()
                 for i in range(len(dataset)):
-                    dataset[i]
+                    dataset[SampleKey(i, i)]  # as training loads it: seeded per image
                 rates[f"{source}{width}x{height}@{size}"] = len(dataset) / (time.perf_counter() - start)
     return rates
 
@@ -186,7 +187,9 @@ def main(argv=None) -> dict:
         batch = next(iter(loader))
         train_rate, infer_rate = training_images_per_second(module, batch, args.steps)
         load_rate = images_per_second(loader, args.batches)
-        single = DataLoader(datamodule.datasets["train"], batch_size=loader.batch_size, shuffle=True, num_workers=0)
+        # The experiment's own sampler: its keys carry each image's augmentation seed.
+        single = DataLoader(datamodule.datasets["train"], batch_size=loader.batch_size, sampler=loader.sampler,
+                            num_workers=0)  # fmt: skip
         single_rate = images_per_second(single, max(5, args.batches // 3))
         fixed = [b for _, b in zip(range(args.steps + 2), iter(single))]
         loop_cli = DermCLI(args=["--config", args.config, f"--run.dir={tmp}/b", "--run.wandb=false", "--run.test=false",

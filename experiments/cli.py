@@ -17,7 +17,7 @@ changing the data or its split is refused).
 The model is ``model.class_path`` (a :class:`~lightning_modules.modules.base.DermModule`) with its
 network in ``model.init_args.net``; a network option may be given short
 (``--model.init_args.backbone=...`` for ``--model.init_args.net.init_args.backbone=...``).
-``checkpoint`` (ModelCheckpoint) and ``early_stopping`` (EarlyStopping, ``null`` turns it off)
+``checkpoint`` (``RunCheckpoint``, a ModelCheckpoint whose last.ckpt is every epoch's) and ``early_stopping`` (EarlyStopping, ``null`` turns it off)
 are set in YAML; both watch the model's ``monitor`` unless told otherwise.
 """
 
@@ -33,7 +33,7 @@ from argparse import ArgumentError
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
@@ -42,8 +42,10 @@ from datamodules.lesion_datamodule import LesionDataModule
 from experiments.loggers import make_csv_logger, make_wandb_logger
 from experiments.net_options import ConfigError, UnknownOptionError, closest, expand_net_shorthands
 from lightning_modules.callbacks.attention_maps import AttentionMapLogger
+from lightning_modules.callbacks.checkpointing import RunCheckpoint
 from lightning_modules.callbacks.evaluation_figures import EvaluationFigures
 from lightning_modules.callbacks.interruption import ResumableInterruption
+from lightning_modules.callbacks.reproducibility import EpochSeeds
 from lightning_modules.callbacks.test_results import TestResultsWriter
 from lightning_modules.callbacks.wandb_panels import WandbPanels
 from lightning_modules.modules.base import DermModule
@@ -140,7 +142,7 @@ class DermCLI(LightningCLI):
         for name in ("num_classes", "meta_dim", "class_names", "class_weights"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         # Added as plain groups (not LightningCLI callback keys): instantiate_trainer adds them.
-        parser.add_class_arguments(ModelCheckpoint, "checkpoint", fail_untyped=False, instantiate=True,
+        parser.add_class_arguments(RunCheckpoint, "checkpoint", fail_untyped=False, instantiate=True,
                                    sub_configs=True)  # fmt: skip
         parser.add_subclass_arguments(EarlyStopping, "early_stopping", required=False, fail_untyped=False)
 
@@ -175,6 +177,7 @@ class DermCLI(LightningCLI):
                                              job_type=run.wandb_job_type, tags=tags))
         callbacks = list(self.config_init.trainer.get("callbacks") or [])
         callbacks += [
+            EpochSeeds(),  # first: later callbacks' epoch-start draws come from the epoch's seed
             self.config_init.checkpoint,
             LearningRateMonitor(logging_interval="epoch"),
             EvaluationFigures(),

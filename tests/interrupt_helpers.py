@@ -14,7 +14,7 @@ class PauseAtStep(L.Callback):
         self.step, self.marker, self.timeout = step, marker, timeout
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step != self.step:
+        if trainer.global_step != self.step or trainer.ckpt_path is not None:  # not again once resumed
             return
         Path(self.marker).write_text(f"{trainer.current_epoch} {batch_idx}")
         deadline = time.monotonic() + self.timeout

@@ -61,7 +61,7 @@ def test_knn_probabilities():
 def test_pk_sampler_batches():
     labels = [0] * 10 + [1] * 3 + [2] * 6 + [3] * 8
     sampler = ClassBalancedBatchSampler(labels, classes_per_batch=3, images_per_class=4, num_batches=5, seed=1)
-    batches = list(sampler)
+    batches = [[key.index for key in batch] for batch in sampler]  # keys: (index, augmentation seed)
     assert len(batches) == 5
     for batch in batches:
         assert len(batch) == 12
@@ -71,9 +71,9 @@ def test_pk_sampler_batches():
             chosen = [i for i in batch if labels[i] == c]
             if labels.count(c) >= 4:
                 assert len(set(chosen)) == 4
-    assert batches == list(sampler)  # same epoch, same batches
+    assert batches == [[key.index for key in batch] for batch in sampler]  # same epoch, same batches
     sampler.set_epoch(1)
-    assert batches != list(sampler)
+    assert batches != [[key.index for key in batch] for batch in sampler]
 
 
 
@@ -89,7 +89,7 @@ def test_pk_sampler_with_the_distributed_sampler_lightning_injects():
                                                                      shuffle=True, seed=0))
                 for rank in (0, 1)]  # fmt: skip
     assert [(s.rank, s.world_size, len(s)) for s in samplers] == [(0, 2, 3), (1, 2, 3)]
-    assert all(len(set(labels[i] for i in batch)) == 3 for s in samplers for batch in s)
+    assert all(len(set(labels[k.index] for k in batch)) == 3 for s in samplers for batch in s)
     first = [list(s) for s in samplers]
     assert first[0] != first[1]
     samplers[0].sampler.set_epoch(1)  # what Lightning's fit loop does at each epoch start
@@ -117,7 +117,11 @@ def test_pk_sampler_follows_the_epoch_a_real_fit_sets():
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    loader = DataLoader(range(len(labels)), batch_sampler=ClassBalancedBatchSampler(labels, 3, 4, 5, seed=1))
+    class Indices(torch.utils.data.Dataset):  # the sampler yields (index, augmentation seed) keys
+        def __getitem__(self, key):
+            return key.index
+
+    loader = DataLoader(Indices(), batch_sampler=ClassBalancedBatchSampler(labels, 3, 4, 5, seed=1))
     module = Recorder()
     L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False).fit(module, train_dataloaders=loader)  # fmt: skip

@@ -107,9 +107,9 @@ def test_balanced_sampler_oversamples_rare_classes(synthetic_cache):
     module.setup("fit")
     loader = module.train_dataloader()
     sampler = loader.sampler
-    assert isinstance(sampler, torch.utils.data.WeightedRandomSampler)
+    assert sampler.weights is not None
     labels = np.array([r.label for r in module.records("train")])
-    drawn = np.concatenate([labels[list(sampler)] for _ in range(20)])
+    drawn = np.concatenate([labels[[k.index for k in sampler]] for epoch in range(20) if sampler.set_epoch(epoch) is None])
     frequency = np.bincount(labels, minlength=6) / len(labels)
     share = np.bincount(drawn, minlength=6) / len(drawn)
     mel = module.class_names.index("MEL")
@@ -119,7 +119,8 @@ def test_balanced_sampler_oversamples_rare_classes(synthetic_cache):
     # without the option: plain shuffling, the data's own frequencies
     plain = make_dm(synthetic_cache)
     plain.setup("fit")
-    assert not isinstance(plain.train_dataloader().sampler, torch.utils.data.WeightedRandomSampler)
+    order = [k.index for k in plain.train_dataloader().sampler]
+    assert plain.train_dataloader().sampler.weights is None and sorted(order) == list(range(len(labels)))
 
 
 def test_state_dict_round_trip(synthetic_cache, dm):
@@ -246,43 +247,28 @@ def test_masks_are_only_loaded_on_request(synthetic_cache):
     assert "mask" not in module.datasets["train"][0]
 
 
-def test_dataloader_workers_draw_different_augmentations(synthetic_cache):
-    """albumentations' Compose owns its generator; forked workers must not share one stream."""
-    module = make_dm(synthetic_cache, num_workers=2, batch_size=4)
-    module.setup("fit")
-    dataset = module.datasets["train"]
-    one = dataset.records[:1] * 8  # the same image eight times: only the augmentation differs
-    dataset.records = one
-    torch.manual_seed(0)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2, shuffle=False,
-                                         worker_init_fn=module.train_dataloader().worker_init_fn)
-    first, second = [b["image"] for b in loader]  # batch 0 from worker 0, batch 1 from worker 1
-    assert not torch.allclose(first, second)
-    torch.manual_seed(0)
-    again = [b["image"] for b in loader]  # and the same run seed gives the same augmentations
-    assert torch.equal(first, again[0]) and torch.equal(second, again[1])
-
-
-def test_ddp_ranks_draw_different_augmentations(synthetic_cache):
-    """Every DDP process has the same run seed; the rank is mixed into the augmentation seed, in
-    the main process and in each DataLoader worker, so ranks do not repeat each other's draws."""
+def test_augmentations_do_not_depend_on_workers_or_rank(synthetic_cache):
+    """Each training sample carries its own augmentation seed, drawn from (run seed, epoch,
+    position): the same image repeated gets different augmentations, the batches are the same
+    with 0 or 2 workers, and two DDP ranks draw different samples and augmentations."""
     from types import SimpleNamespace
 
-    def first_item(rank: int, num_workers: int) -> torch.Tensor:
-        module = make_dm(synthetic_cache, num_workers=num_workers)
-        module.trainer = SimpleNamespace(global_rank=rank)
-        torch.manual_seed(0)
-        module.setup("fit")
-        dataset = module.datasets["train"]
-        assert dataset.rank == rank
-        loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=num_workers, shuffle=False,
-                                             worker_init_fn=module.train_dataloader().worker_init_fn)
-        torch.manual_seed(0)
-        return next(iter(loader))["image"]
+    from lightning.pytorch import seed_everything
 
-    for workers in (0, 1):
-        assert not torch.allclose(first_item(0, workers), first_item(1, workers))
-        assert torch.equal(first_item(1, workers), first_item(1, workers))
+    def batches(num_workers: int, rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
+        seed_everything(3)
+        module = make_dm(synthetic_cache, num_workers=num_workers, batch_size=4)
+        module.trainer = SimpleNamespace(global_rank=rank, world_size=world_size, current_epoch=0)
+        module.setup("fit")
+        module.datasets["train"].records = module.datasets["train"].records[:1] * 16  # one image, 16 times
+        return [b["image"] for b in module.train_dataloader()]
+
+    plain = batches(0)
+    assert not torch.allclose(plain[0][0], plain[0][1])  # the same image, augmented differently
+    workers = batches(2)
+    assert len(plain) == len(workers) == 4 and all(torch.equal(a, b) for a, b in zip(plain, workers))
+    rank0, rank1 = batches(0, 0, 2), batches(0, 1, 2)
+    assert len(rank0) == len(rank1) == 2 and not torch.allclose(rank0[0], rank1[0])
 
 
 def test_min_class_images_drops_and_relabels(synthetic_cache):
@@ -328,8 +314,8 @@ def test_oversampling_one_class(synthetic_cache):
     dm.setup("fit")
     sampler = dm.train_dataloader().sampler
     labels = np.array([r.label for r in dm.records("train")])
-    weights = sampler.weights.numpy()
-    assert sampler.replacement and sampler.num_samples == len(labels)
+    weights = sampler.weights
+    assert len(sampler) == len(labels)
     assert set(weights[labels == 2]) == {4.0} and set(weights[labels != 2]) == {1.0}
     with pytest.raises(DatasetError, match="has no class 'melanoma'"):
         LesionDataModule(data_dir=str(synthetic_cache), source_options=SMALL_SYNTHETIC,

@@ -16,9 +16,19 @@ import torch
 
 from experiments.train import main as train
 from tests.test_experiments import REPO, quick_args
+from tests.test_resume import assert_same_run
 
 LIMITS = ("--trainer.max_epochs=3", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
           "--run.test=false")  # fmt: skip
+
+
+def run_environment() -> dict[str, str]:
+    """The environment of a training run started from a terminal. Not the test process's W&B
+    service (``WANDB_SERVICE``, which wandb hands to children): a run killed with SIGKILL would
+    stay registered there and its resume be refused as "run ID in use"; a user's SIGKILL takes the
+    run's own service down with it."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return {**env, "PYTHONUNBUFFERED": "1"}
 
 
 def start_paused_run(tmp_path: Path, synthetic_cache: Path, step: int) -> tuple[subprocess.Popen, Path]:
@@ -31,8 +41,9 @@ def start_paused_run(tmp_path: Path, synthetic_cache: Path, step: int) -> tuple[
     # default disposition, as a user's would have.
     process = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+                               env=run_environment(),
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                               start_new_session=True)  # its own process group, as a scheduler's job  # fmt: skip
     deadline = time.monotonic() + 300
     while not marker.exists():
         assert process.poll() is None, process.communicate()[1][-3000:]
@@ -41,9 +52,16 @@ def start_paused_run(tmp_path: Path, synthetic_cache: Path, step: int) -> tuple[
     return process, marker
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, synthetic_cache) -> Path:
+    """The run the interrupted ones must become."""
+    return train(quick_args(REPO / "experiments" / "metablock.yaml", tmp_path_factory.mktemp("whole"),
+                            synthetic_cache, *LIMITS))  # fmt: skip
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 1)],
                          ids=["sigterm", "ctrl-c"])
-def test_a_signal_mid_epoch_saves_a_resumable_checkpoint(sig, code, tmp_path, synthetic_cache):
+def test_a_signal_mid_epoch_saves_a_resumable_checkpoint(sig, code, uninterrupted, tmp_path, synthetic_cache):
     process, marker = start_paused_run(tmp_path, synthetic_cache, step=6)  # epoch 1, third batch
     assert marker.read_text() == "1 1"
     process.send_signal(sig)
@@ -71,6 +89,26 @@ def test_a_signal_mid_epoch_saves_a_resumable_checkpoint(sig, code, tmp_path, sy
     from experiments.train import wandb_sync_command
 
     assert wandb_sync_command(run_dir) == f"wandb sync {parts[0]} {parts[1]}"
+
+    # The resumed epoch trained the batches the interrupted one had left, on the same samples
+    # with the same augmentations and the same random state: the run is the uninterrupted one.
+    assert_same_run(uninterrupted, run_dir, test=False)
+
+
+def test_a_sigkill_loses_at_most_the_current_epoch(uninterrupted, tmp_path, synthetic_cache):
+    """SIGKILL cannot be caught: the run resumes from the last finished epoch's last.ckpt, and
+    still becomes the uninterrupted run."""
+    process, _ = start_paused_run(tmp_path, synthetic_cache, step=6)  # epoch 1, third batch
+    os.killpg(process.pid, signal.SIGKILL)  # the job's whole process tree, W&B's service included
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    (run_dir,) = (tmp_path / "runs" / "metablock").iterdir()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0
+    assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()
+    train(["--config", str(REPO / "experiments" / "metablock.yaml"), f"--resume={last}",
+           "--trainer.enable_progress_bar=false"])  # fmt: skip
+    assert_same_run(uninterrupted, run_dir, test=False)
 
 
 def test_a_truncated_checkpoint_is_named_and_changes_nothing(tmp_path, synthetic_cache):
