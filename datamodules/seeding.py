@@ -77,7 +77,9 @@ def training_position(trainer) -> Optional[TrainPosition]:
     if trainer.state.status not in (TrainerStatus.RUNNING, TrainerStatus.INTERRUPTED):  # interrupted.ckpt
         return None
     epochs = trainer.fit_loop.epoch_progress.current
-    if epochs.started < epochs.ready:  # between epochs (on_train_epoch_start): the next has not begun
+    # Between epochs: the next has not begun (on_train_epoch_start), or the last has ended (a
+    # SIGTERM acted on after the epoch's end). ``current_epoch`` counts the ended epochs.
+    if epochs.started < epochs.ready or epochs.completed == epochs.ready:
         return TrainPosition(trainer.current_epoch, 0)
     done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
     total = trainer.num_training_batches

@@ -45,7 +45,7 @@ from lightning_modules.callbacks.attention_maps import AttentionMapLogger
 from lightning_modules.callbacks.checkpointing import RunCheckpoint
 from lightning_modules.callbacks.evaluation_figures import EvaluationFigures
 from lightning_modules.callbacks.interruption import ResumableInterruption
-from lightning_modules.callbacks.reproducibility import EpochSeeds
+from lightning_modules.callbacks.reproducibility import EpochSeeds, MidEpochMetrics
 from lightning_modules.callbacks.test_results import TestResultsWriter
 from lightning_modules.callbacks.wandb_panels import WandbPanels
 from lightning_modules.modules.base import DermModule
@@ -178,6 +178,7 @@ class DermCLI(LightningCLI):
         callbacks = list(self.config_init.trainer.get("callbacks") or [])
         callbacks += [
             EpochSeeds(),  # first: later callbacks' epoch-start draws come from the epoch's seed
+            MidEpochMetrics(),
             self.config_init.checkpoint,
             LearningRateMonitor(logging_interval="epoch"),
             EvaluationFigures(),

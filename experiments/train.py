@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
 
 from experiments.cli import RUN_DIR_ENV, DermCLI  # noqa: E402
+from lightning_modules.callbacks.interruption import ResumableInterruption  # noqa: E402
 
 
 def finish_wandb() -> None:
@@ -39,8 +40,10 @@ def main(args=None):
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
     except SIGTERMException as err:
         # Preempted (the checkpoint is saved): exit non-zero, as a killed job would, so that
-        # schedulers requeue it and scripts notice.
-        raise SystemExit(128 + signal.SIGTERM) from err
+        # schedulers requeue it and scripts notice. A Ctrl-C held through validation ends the
+        # same way and exits as Lightning's own Ctrl-C handling does (1).
+        held = [c.stopped_by for c in trainer.callbacks if isinstance(c, ResumableInterruption)]
+        raise SystemExit(1 if held == ["Ctrl-C"] else 128 + signal.SIGTERM) from err
     except BaseException:
         cli.discard_new_run_dir()  # failed before a checkpoint was written: no empty run folder
         raise

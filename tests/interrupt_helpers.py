@@ -1,5 +1,5 @@
 """Test helper: a callback that stops a real training process at a chosen step and waits for the
-test to send it a signal (so the signal arrives mid-epoch, at a known place)."""
+test to send it a signal (so the signal arrives at a known place: mid-epoch, or at an epoch's end)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,39 @@ from pathlib import Path
 
 import lightning as L
 
+from lightning_modules.callbacks.interruption import ResumableInterruption
+
+HOOKS = ("train_batch_end", "validation_batch_end", "validation_end", "train_epoch_end")
+
 
 class PauseAtStep(L.Callback):
-    def __init__(self, step: int, marker: str, timeout: float = 120.0):
-        self.step, self.marker, self.timeout = step, marker, timeout
+    def __init__(self, step: int, marker: str, timeout: float = 120.0, hook: str = "train_batch_end",
+                 until_held: bool = True):
+        """Pause once ``global_step`` is ``step``, in ``hook``: after that training batch, in the
+        first validation batch that follows it, after that validation, or at that epoch's end.
+        The pause ends with a SIGTERM, a Ctrl-C, or (``until_held``) a signal that the run holds
+        until its validation has finished."""
+        assert hook in HOOKS, hook
+        self.step, self.marker, self.timeout, self.hook, self.until_held = step, marker, timeout, hook, until_held
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step != self.step or trainer.ckpt_path is not None:  # not again once resumed
+    def _pause(self, trainer: L.Trainer, where: str, batch_idx: int) -> None:
+        if (where != self.hook or trainer.sanity_checking or trainer.global_step != self.step
+                or trainer.ckpt_path is not None or Path(self.marker).exists()):  # once, and not once resumed
             return
         Path(self.marker).write_text(f"{trainer.current_epoch} {batch_idx}")
         deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline and not trainer.received_sigterm:
+        held = [c for c in trainer.callbacks if isinstance(c, ResumableInterruption) and self.until_held]
+        while time.monotonic() < deadline and not trainer.received_sigterm and not any(c.holding for c in held):
             time.sleep(0.05)  # Ctrl-C raises KeyboardInterrupt in here; SIGTERM sets the flag
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._pause(trainer, "train_batch_end", batch_idx)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._pause(trainer, "validation_batch_end", batch_idx)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._pause(trainer, "validation_end", -1)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        self._pause(trainer, "train_epoch_end", -1)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -357,16 +359,49 @@ def test_ddp_on_two_cpu_processes(experiment, tmp_path, synthetic_cache):
 
 
 @pytest.mark.slow
-def test_default_metablock_experiment_reaches_its_target(tmp_path):
-    """`make train EXP=metablock` as a newcomer runs it (fresh data cache, default settings)."""
-    env = {**__import__("os").environ, "DERMATTN_CACHE": str(tmp_path / "cache")}
-    subprocess.run([sys.executable, "-m", "experiments.train", "--config", "experiments/metablock.yaml",
-                    f"--run.root={tmp_path / 'runs'}", "--trainer.enable_progress_bar=false"],
-                   cwd=REPO, env=env, check=True, timeout=1800)  # fmt: skip
-    (run_dir,) = list((tmp_path / "runs" / "metablock").iterdir())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+def test_default_metablock_experiment_reaches_its_target_and_resumes_into_the_same_run(tmp_path):
+    """`make train EXP=metablock` as a newcomer runs it (fresh data cache, default settings), and
+    the same run preempted (SIGTERM) in the middle of its second epoch and resumed: the two agree
+    exactly, every logged metric and every final weight."""
+    from tests.test_interruption import run_environment
+    from tests.test_resume import assert_same_run, final_weights, val_rows
+
+    env = {**run_environment(), "DERMATTN_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "experiments.train", "--config", "experiments/metablock.yaml",
+               "--trainer.enable_progress_bar=false"]  # fmt: skip
+    subprocess.run([*command, f"--run.root={tmp_path / 'whole'}"], cwd=REPO, env=env, check=True, timeout=1800)
+    (whole,) = list((tmp_path / "whole" / "metablock").iterdir())
+    metrics = json.loads((whole / "metrics.json").read_text())
     assert metrics["test"]["auroc"] >= 0.85
     assert metrics["test"]["n_images"] > 300
+
+    marker = tmp_path / "paused"
+    pause = {"class_path": "tests.interrupt_helpers.PauseAtStep", "init_args": {"step": 60, "marker": str(marker)}}
+    process = subprocess.Popen([*command, f"--run.root={tmp_path / 'preempted'}",
+                                f"--trainer.callbacks+={json.dumps(pause)}"], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 1200
+    while not marker.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.2)
+    epoch, batch = map(int, marker.read_text().split())
+    assert epoch >= 1 and batch > 0  # inside an epoch, not at its start
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
+    (preempted,) = list((tmp_path / "preempted" / "metablock").iterdir())
+    subprocess.run([*command, f"--resume={preempted / 'checkpoints' / 'interrupted.ckpt'}"], cwd=REPO, env=env,
+                   check=True, timeout=1800)  # fmt: skip
+
+    a, b = final_weights(whole), final_weights(preempted)
+    weights = max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].numel())
+    rows_a, rows_b = (list(csv.DictReader((d / "metrics.csv").open())) for d in (whole, preempted))
+    logged = max(abs(float(x[k]) - float(y[k])) for x, y in zip(rows_a, rows_b) for k in x if x[k] and y[k])
+    test_a, test_b = (json.loads((d / "metrics.json").read_text())["test"] for d in (whole, preempted))
+    scores = max(abs(test_a[k] - test_b[k]) for k in test_a if isinstance(test_a[k], (int, float)))
+    print(f"max abs difference: final weights {weights}, metrics.csv {logged}, test metrics {scores}")
+    epochs = len(val_rows(whole))
+    assert_same_run(whole, preempted, epochs=epochs)
 
 
 @pytest.mark.parametrize("experiment,maps", [("attn_vgg", ("attn1", "attn2")), ("soft_attention", ("soft",))])

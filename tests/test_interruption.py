@@ -31,9 +31,11 @@ def run_environment() -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1"}
 
 
-def start_paused_run(tmp_path: Path, synthetic_cache: Path, step: int) -> tuple[subprocess.Popen, Path]:
+def start_paused_run(tmp_path: Path, synthetic_cache: Path, step: int, hook: str = "train_batch_end",
+                     until_held: bool = True) -> tuple[subprocess.Popen, Path]:
     marker = tmp_path / "paused"
-    pause = [{"class_path": "tests.interrupt_helpers.PauseAtStep", "init_args": {"step": step, "marker": str(marker)}}]
+    pause = [{"class_path": "tests.interrupt_helpers.PauseAtStep",
+              "init_args": {"step": step, "marker": str(marker), "hook": hook, "until_held": until_held}}]
     args = quick_args(REPO / "experiments" / "metablock.yaml", tmp_path / "runs", synthetic_cache, *LIMITS,
                       f"--trainer.callbacks={json.dumps(pause)}")  # fmt: skip
     # A shell that starts jobs in the background (CI runners, `make ... &`) makes them ignore
@@ -59,17 +61,24 @@ def uninterrupted(tmp_path_factory, synthetic_cache) -> Path:
                             synthetic_cache, *LIMITS))  # fmt: skip
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 1)],
-                         ids=["sigterm", "ctrl-c"])
-def test_a_signal_mid_epoch_saves_a_resumable_checkpoint(sig, code, uninterrupted, tmp_path, synthetic_cache):
-    process, marker = start_paused_run(tmp_path, synthetic_cache, step=6)  # epoch 1, third batch
-    assert marker.read_text() == "1 1"
+def interrupt(process, sig, code: int, tmp_path):
+    """Send ``sig`` to the paused run; check its exit code and its one-line resume hint; return
+    (run folder, interrupted.ckpt)."""
     process.send_signal(sig)
     _, err = process.communicate(timeout=300)
     assert process.returncode == code, err[-3000:]
     (run_dir,) = (tmp_path / "runs" / "metablock").iterdir()
     interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
     assert f"resume with: make train EXP=metablock RESUME={interrupted}" in err
+    return run_dir, interrupted
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 1)],
+                         ids=["sigterm", "ctrl-c"])
+def test_a_signal_mid_epoch_saves_a_resumable_checkpoint(sig, code, uninterrupted, tmp_path, synthetic_cache):
+    process, marker = start_paused_run(tmp_path, synthetic_cache, step=6)  # epoch 1, third batch
+    assert marker.read_text() == "1 1"
+    run_dir, interrupted = interrupt(process, sig, code, tmp_path)
     state = torch.load(interrupted, map_location="cpu", weights_only=True)
     assert state["epoch"] == 1 and state["global_step"] == 6
 
@@ -93,6 +102,50 @@ def test_a_signal_mid_epoch_saves_a_resumable_checkpoint(sig, code, uninterrupte
     # The resumed epoch trained the batches the interrupted one had left, on the same samples
     # with the same augmentations and the same random state: the run is the uninterrupted one.
     assert_same_run(uninterrupted, run_dir, test=False)
+
+
+@pytest.mark.parametrize("hook,sig,code", [
+    ("train_batch_end", signal.SIGTERM, 128 + signal.SIGTERM),
+    ("validation_batch_end", signal.SIGTERM, 128 + signal.SIGTERM),
+    ("validation_batch_end", signal.SIGINT, 1),
+    ("validation_end", signal.SIGTERM, 128 + signal.SIGTERM),
+    ("train_epoch_end", signal.SIGTERM, 128 + signal.SIGTERM),
+], ids=["after-last-batch", "in-validation", "ctrl-c-in-validation", "after-validation", "at-epoch-end"])
+def test_a_signal_at_an_epochs_end_stops_after_it_and_resumes_into_the_same_run(hook, sig, code, uninterrupted,
+                                                                                tmp_path, synthetic_cache):
+    """A signal after the epoch's last training batch, during its validation or at its end stops
+    the run once epoch 0 has ended (validated once, with its final weights; Lightning could not
+    resume inside validation), and the resume starts epoch 1 as the uninterrupted run does."""
+    process, marker = start_paused_run(tmp_path, synthetic_cache, step=4, hook=hook)  # epoch 0's last batch
+    run_dir, interrupted = interrupt(process, sig, code, tmp_path)
+    state = torch.load(interrupted, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 4 and state["LesionDataModule"]["train_position"] == [1, 0]
+    with open(run_dir / "metrics.csv") as handle:
+        assert [int(r["epoch"]) for r in csv.DictReader(handle) if r.get("val/auroc")] == [0]
+    train(["--config", str(REPO / "experiments" / "metablock.yaml"), f"--resume={interrupted}",
+           "--trainer.enable_progress_bar=false"])  # fmt: skip
+    with open(run_dir / "metrics.csv") as handle:
+        assert [int(r["epoch"]) for r in csv.DictReader(handle) if r.get("val/auroc")] == [0, 1, 2]
+    assert_same_run(uninterrupted, run_dir, test=False)
+
+
+def test_a_second_ctrl_c_in_validation_stops_at_once_and_points_at_last_ckpt(tmp_path, synthetic_cache):
+    """Validation cannot be resumed from its middle: no interrupted.ckpt, and the message names
+    the last finished epoch's checkpoint."""
+    process, marker = start_paused_run(tmp_path, synthetic_cache, step=8, hook="validation_batch_end",
+                                       until_held=False)
+    process.send_signal(signal.SIGINT)
+    time.sleep(1.0)  # the first is held (the pause goes on); the second stops the run
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 1, err[-3000:]
+    (run_dir,) = (tmp_path / "runs" / "metablock").iterdir()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert "stopping once this epoch's validation has finished" in err
+    assert f"during validation, which cannot be resumed; resume from the previous epoch's end with: " \
+           f"make train EXP=metablock RESUME={last}" in err
+    assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0
 
 
 def test_a_sigkill_loses_at_most_the_current_epoch(uninterrupted, tmp_path, synthetic_cache):

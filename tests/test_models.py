@@ -140,3 +140,25 @@ def test_pretrained_backbone_with_other_normalisation_warns_at_start(tmp_path, s
     with pytest.warns(UserWarning, match="backbone resnet10t was pretrained .* mean \\[0.485"):
         cli = DermCLI(args=args)
     assert cli.config.model.init_args.net.init_args.weights_path == str(weights)
+
+
+def test_channels_last_and_compile_change_no_result_and_no_checkpoint_key():
+    """The GPU options (``--model.init_args.channels_last`` / ``compile``) are memory layout and
+    compilation only: the same weights give the same logits, and the state dict keeps its keys
+    (``nn.Module.compile`` compiles in place, unlike ``torch.compile(module)``'s ``_orig_mod``)."""
+    torch.manual_seed(0)
+    plain = LesionClassifier(net=FUSION, num_classes=3, meta_dim=2).eval()
+    fast = LesionClassifier(net=FUSION, num_classes=3, meta_dim=2, channels_last=True, compile=True).eval()
+    fast.load_state_dict(plain.state_dict())
+    fast.configure_model()
+    fast.configure_model()  # Lightning may call it again (resume): compiled once
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    assert fast.net._compiled_call_impl is not None and plain.net._compiled_call_impl is None
+    conv = next(m for m in fast.net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    batch = fast.on_after_batch_transfer({"image": torch.randn(2, 3, 32, 32), "meta": torch.randn(2, 2)}, 0)
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last)
+    fast.net._compiled_call_impl = None  # run eagerly here: compiling needs a C++ toolchain, not CPU tests
+    with torch.no_grad():
+        assert torch.allclose(fast(batch["image"], batch["meta"]), plain(batch["image"].contiguous(), batch["meta"]),
+                              atol=1e-5)

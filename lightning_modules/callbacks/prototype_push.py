@@ -65,7 +65,8 @@ class PrototypePush(L.Callback):
         described = describe_push(outcome.result, pl_module.net, data.records("train"), pl_module.class_names, size)
         pl_module.train(was_training)
         # The boxes come from the maps the push kept: no further forward pass.
-        maps = activation_boxes(described, outcome.activation, (size, size), self.activation_percentile)
+        maps = activation_boxes(described, outcome.activation, (size, size), self.activation_percentile,
+                                keep_maps=self.pictures)
         self.records = described
         if trainer.is_global_zero:
             self._save(trainer, data, outcome.epoch, maps)

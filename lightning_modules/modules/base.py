@@ -41,6 +41,8 @@ class DermModule(L.LightningModule):
         monitor: str = "val/auroc",
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: Optional[LRSchedulerCallable] = None,
+        compile: bool = False,
+        channels_last: bool = False,
     ):
         """
         Args:
@@ -50,6 +52,11 @@ class DermModule(L.LightningModule):
                 training split's inverse class frequencies, for losses that weight classes.
             monitor: the validation metric that selects checkpoints and drives plateau schedules.
             optimizer, scheduler: factories (LightningCLI ``class_path`` configs).
+            compile: ``torch.compile`` the network when the trainer sets the model up
+                (``nn.Module.compile``, in place, so checkpoints keep their keys); for GPUs.
+            channels_last: keep the network's weights and the batches' images in NHWC memory
+                order, which tensor-core convolutions prefer under mixed precision. Neither
+                changes what is computed.
         """
         super().__init__()
         # The optimiser/scheduler factories are config, not state: keep them out of the checkpoint
@@ -67,6 +74,21 @@ class DermModule(L.LightningModule):
         self.attention_names = tuple(self.net.attention_names) if isinstance(self.net, AttentionNet) else ()
         self.lesion_mass = LesionMassScores(self.attention_names)
         self._reports: dict[str, EvaluationReport] = {}
+
+    # -- GPU options (compile, channels_last) --------------------------------------------------
+    def configure_model(self) -> None:
+        if self.hparams.get("channels_last"):
+            self.net.to(memory_format=torch.channels_last)
+        if self.hparams.get("compile") and not getattr(self, "_compiled", False):
+            self.net.compile()
+            self._compiled = True
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.hparams.get("channels_last") and isinstance(batch, dict):
+            image = batch.get("image")
+            if isinstance(image, torch.Tensor) and image.dim() == 4:
+                batch["image"] = image.contiguous(memory_format=torch.channels_last)
+        return batch
 
     # -- what callbacks may read -----------------------------------------------------------------
     def evaluation_report(self, stage: str) -> Optional[EvaluationReport]:

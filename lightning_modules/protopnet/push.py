@@ -341,10 +341,12 @@ def brute_force_search(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
     prototype_class_identity: torch.Tensor,
     class_specific: bool = True,
+    on_improvement: Optional[Callable[[int, int, int, np.ndarray], None]] = None,
 ) -> PushResult:
     """The reference algorithm: for each batch ``(distances, features, labels, image_indices)``,
     for each prototype, numpy ``argmin`` over the eligible images; replace on a strict
-    improvement. Slow; for tests and benchmarks only."""
+    improvement, calling ``on_improvement(j, h, w, distance_map)`` (the benchmark does the
+    reference's per-improvement box work there). Slow; for tests and benchmarks only."""
     identity = np.asarray(torch.as_tensor(prototype_class_identity).detach().cpu())
     m = identity.shape[0]
     best = np.full(m, np.inf, dtype=np.float32)
@@ -372,6 +374,8 @@ def brute_force_search(
                 best[j] = dj[r, h, w]
                 image[j], rows_h[j], cols_w[j] = indices[rows[r]], h, w
                 latent[j] = z[rows[r], :, h, w]
+                if on_improvement is not None:
+                    on_improvement(j, int(h), int(w), dj[r])
     if latent is None:
         latent = np.zeros((m, 0), dtype=np.float32)
     return PushResult(
