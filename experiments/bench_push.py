@@ -69,12 +69,12 @@ def high_activation_box(activation: np.ndarray, percentile: float = 95.0) -> tup
 
 
 @torch.no_grad()
-def reference_push_work(net: ProtoPNet, batches: list[dict], outputs: list, image_size: int) -> tuple[PushResult, dict]:
+def reference_push_work(net: ProtoPNet, batches: list[dict], outputs: list, image_size: int) -> PushResult:
     """The reference push's work after the forward (each batch's ``(distances, features)`` in
     ``outputs``): a Python loop over prototypes with a numpy argmin over the eligible images'
     whole distance maps (``brute_force_search``) and, on each improvement, the receptive-field
     box and the bicubically upsampled activation map (``cv2.resize``, as the reference) with its
-    percentile box. Returns the result and the boxes of the winners."""
+    percentile box (kept per prototype, as the reference keeps them for its pictures)."""
     rf = net.receptive_field(image_size)
     boxes: dict[int, tuple] = {}
 
@@ -84,7 +84,7 @@ def reference_push_work(net: ProtoPNet, batches: list[dict], outputs: list, imag
         boxes[j] = (cell_box(rf, h, w), high_activation_box(upsampled))
 
     rows = [(d, z, batch["label"], batch["index"]) for batch, (d, z) in zip(batches, outputs)]
-    return brute_force_search(rows, net.prototype_class_identity, on_improvement=boxes_of), boxes
+    return brute_force_search(rows, net.prototype_class_identity, on_improvement=boxes_of)
 
 
 @torch.no_grad()
@@ -154,7 +154,7 @@ def measure(num_classes: int, args) -> dict:
     search_s = min(ours(outputs)[0] for _ in range(args.repeats))
     # The reference loop's search on the forward outputs computed above (its forward costs the
     # same as ours), so both sides share the forward time exactly.
-    loop_search_s, (reference, ref_boxes) = timed(
+    loop_search_s, reference = timed(
         lambda: reference_push_work(net, batches, outputs, args.image_size), max(1, args.repeats - 1))
     found = result.image_index >= 0
     same = bool(torch.equal(result.image_index.cpu(), reference.image_index) and
