@@ -307,9 +307,10 @@ def _read_manifest(folder: Path) -> dict:
 
 # -- reading ------------------------------------------------------------------------------------
 def apply_cache(table: LesionTable, folder: str | Path) -> LesionTable:
-    """``table`` with every record's image (and mask) pointing into the cache ``folder``, after
-    checking each source and cached file against the manifest; any difference raises
-    ``DatasetError`` naming the file and the command that rebuilds the cache."""
+    """``table`` with every record's image (and mask) pointing into the cache ``folder`` (the
+    original file stays in ``source_path``), after checking each source and cached file against
+    the manifest; any difference raises ``DatasetError`` naming the file and the command that
+    rebuilds the cache."""
     folder = Path(folder)
     manifest = _read_manifest(folder)
     command = manifest.get("command") or "make preprocess DATA=... DATA_DIR=... SIZE=..."
@@ -353,7 +354,7 @@ def apply_cache(table: LesionTable, folder: str | Path) -> LesionTable:
         return target
 
     records = [
-        replace(r, image_path=cached(r.image_path),
+        replace(r, image_path=cached(r.image_path), source_path=r.original_path,
                 mask_path=cached(r.mask_path) if r.mask_path is not None else None)
         for r in table.records
     ]

@@ -39,6 +39,15 @@ class LesionRecord:
     line: Optional[int]
     #: Binary lesion mask (synthetic data has one per image), used to score attention maps.
     mask_path: Optional[Path] = None
+    #: The file as the dataset ships it when ``image_path`` points into a resized cache
+    #: (``datamodules/image_cache.py``); ``None`` when ``image_path`` is that file already.
+    source_path: Optional[Path] = None
+
+    @property
+    def original_path(self) -> Path:
+        """The image as downloaded: what records shown to a user (retrieval neighbours, prototype
+        sources) name, so they stay valid when the cache is rebuilt or deleted."""
+        return self.source_path if self.source_path is not None else self.image_path
 
 
 @dataclass

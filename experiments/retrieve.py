@@ -52,7 +52,7 @@ def retrieve(ckpt: str, image: str, k: int = 5, out: Optional[str] = None) -> li
     distances, order = torch.cdist(query, bank)[0].topk(min(k, len(bank)), largest=False)
     records = datamodule.records("train")
     neighbours = [{"image_id": records[i].image_id, "class": datamodule.class_names[records[i].label],
-                   "distance": float(d), "path": str(records[i].image_path)}
+                   "distance": float(d), "path": str(records[i].original_path)}
                   for d, i in zip(distances.tolist(), order.tolist())]  # fmt: skip
     out_path = Path(out) if out else Path(ckpt).resolve().parent.parent / f"retrieval_{Path(image).stem}.png"
     render(query_pixels, neighbours, out_path)

@@ -69,6 +69,9 @@ def test_lossless_cache_without_downscaling_is_byte_identical(synthetic_cache, c
     assert all(str(r.image_path).startswith(str(folder)) for r in cached.table.records)
     assert all(str(r.mask_path).startswith(str(folder)) for r in cached.table.records)
     assert not any(str(r.image_path).startswith(str(cache_root)) for r in plain.table.records)
+    # What users are shown (retrieval neighbours, prototype sources) names the downloaded file.
+    assert [r.original_path for r in cached.table.records] == [r.image_path for r in plain.table.records]
+    assert all(r.source_path is None and r.original_path == r.image_path for r in plain.table.records)
     assert torch.equal(eval_images(cached), eval_images(plain))
     a, b = first_training_batch(cached), first_training_batch(plain)
     for key in ("image", "mask", "meta", "label", "index"):

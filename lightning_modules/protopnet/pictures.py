@@ -66,7 +66,7 @@ def describe_push(result, net, records, class_names, image_size: int) -> list[di
         entry: dict[str, Any] = {"prototype": j, "class": class_names[classes[j]], "distance": float(result.distance[j])}
         if i >= 0:
             h, w = int(result.h[j]), int(result.w[j])
-            entry.update(image_index=i, image_id=records[i].image_id, image_path=str(records[i].image_path),
+            entry.update(image_index=i, image_id=records[i].image_id, image_path=str(records[i].original_path),
                          image_class=class_names[records[i].label], cell=[h, w],
                          receptive_field_box=list(cell_box(rf, h, w)))  # fmt: skip
         out.append(entry)
