@@ -125,7 +125,7 @@ def measure(num_classes: int, args) -> dict:
     net = ProtoPNet(num_classes, backbone=args.backbone, prototypes_per_class=args.prototypes_per_class,
                     prototype_dim=args.prototype_dim).eval().to(device)  # fmt: skip
     batches = synthetic_batches(args.images, args.batch_size, args.image_size, num_classes)
-    records = [SimpleNamespace(image_id=f"img{i}", image_path=f"img{i}.png", label=i % num_classes)
+    records = [SimpleNamespace(image_id=f"img{i}", image_path=f"img{i}.png", original_path=f"img{i}.png", label=i % num_classes)
                for i in range(args.images)]  # fmt: skip
     class_names = [f"c{k}" for k in range(num_classes)]
 

@@ -102,7 +102,8 @@ def test_a_plain_network_trains_without_attention_panels(tmp_path, synthetic_cac
         args = {"ckpt": str(best), "split": "test", "num_workers": 0, "accelerator": "cpu", **kwargs}
         other = read(predict(**args, out=str(tmp_path / f"{len(kwargs['ckpt']) if 'ckpt' in kwargs else 'tta'}.csv")))
         assert other.keys() == plain.keys()
-        assert all(abs(a - b) < 1e-6 for k in plain for a, b in zip(plain[k], other[k]))
+        # 1e-5: a flipped image's mean sums the same pixels in another order (float32 rounding).
+        assert all(abs(a - b) < 1e-5 for k in plain for a, b in zip(plain[k], other[k]))
     state = torch.load(best, map_location="cpu", weights_only=True)
     state["LesionDataModule"]["class_names"] = ["a", "b", "c", "d", "e", "f"]
     renamed = tmp_path / "renamed.ckpt"
