@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional
 
 from PIL import Image
 
+from datamodules.atomic_files import atomic_write, write_json
 from datamodules.dataset import load_rgb
 from datamodules.records import DatasetError, LesionRecord, LesionTable
 from datamodules.synthetic.config import default_cache_root
@@ -160,9 +161,6 @@ def _stat(path: Path) -> dict[str, int]:
 
 
 def _save(path: Path, image: Image.Image, image_format: str = "png", quality: int = DEFAULT_QUALITY) -> None:
-    # Imported here: lightning_modules pulls in torch/lightning, which the readers do not need.
-    from lightning_modules.utils.atomic_io import atomic_write
-
     if image_format == "jpeg":
         # subsampling=0 (4:4:4): full-resolution colour; lesion colour is diagnostic, and 4:2:0
         # would halve it on top of the resize.
@@ -216,8 +214,6 @@ def build_cache(
     does not list are deleted. ``command`` (stored in the manifest, quoted by errors) is the line
     that rebuilds the cache; ``progress(done, total)`` is called after every image.
     ``image_format`` is ``"jpeg"`` (at ``quality``, 4:4:4) or ``"png"`` (lossless)."""
-    from lightning_modules.utils.atomic_io import write_json
-
     if int(size) < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
     if image_format not in IMAGE_FORMATS:
