@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from datamodules.dataset import LesionDataset, load_rgb
 from datamodules.description import DataDescription
-from datamodules.image_cache import apply_cache, find_cache
+from datamodules.image_cache import StaleCache, apply_cache, find_cache
 from datamodules.metadata import MetadataEncoder
 from datamodules.records import DatasetError, LesionRecord, LesionTable
 from datamodules.samplers import ClassBalancedBatchSampler, SeededSampler
@@ -114,9 +114,17 @@ class LesionDataModule(L.LightningDataModule):
         table = read_table(hp.dataset, hp.data_dir, **(hp.source_options or {}))
         table = drop_rare_classes(table, hp.min_class_images) if hp.min_class_images else table
         cache = find_cache(table, hp.image_size) if hp.image_cache else None
-        if cache is not None:
+        if cache is None:
+            return table
+        try:
             table = apply_cache(table, cache)
-            rank_zero_info(f"{hp.dataset}: reading resized images from {cache} (--data.image_cache=false: the originals)")
+        except StaleCache as err:
+            # The entry point words the command; imported here as the error path alone needs it.
+            from datamodules.preprocess import preprocess_command
+
+            raise DatasetError(f"{err}. Re-run `{preprocess_command(err.build)}` to rebuild it, or pass "
+                               "--data.image_cache=false to read the original images") from None
+        rank_zero_info(f"{hp.dataset}: reading resized images from {cache} (--data.image_cache=false: the originals)")
         return table
 
     @cached_property
