@@ -1,27 +1,10 @@
 """Resized copies of a dataset's images, so that an epoch does not decode full-resolution photos.
 
-ISIC 2020's JPEGs are about 6000 x 4000 px; decoding them dominates an epoch at 224-512 px. The
-challenge winners trained on 512/768/1024-px copies; ``build_cache`` writes such copies once
-(``make preprocess DATA=... DATA_DIR=... SIZE=512``) and ``LesionDataModule`` then reads them.
-
-Layout: ``<cache_root>/resized/<dataset>-<sha1(resolved data folder)[:10]>-<size>/`` mirrors the
-data folder (the folder holding the dataset's CSV): ``jpeg/train/ISIC_x.jpg`` becomes
-``jpeg/train/ISIC_x.jpg`` there (``.png`` with ``image_format="png"``), its shorter side
-``size`` px (never upscaled, aspect kept, Lanczos), decoded with the training path's own
-``load_rgb``. A lesion mask is resized with nearest neighbour to its image's cached size and
-always saved as PNG (a mask must stay exactly 0/255).
-
-Images are saved as JPEG at quality 95 without chroma subsampling by default, as the ISIC
-winners' resized copies were: a 384 x 256 px photo decodes in about 1.1 ms as JPEG against
-3.7 ms as PNG, and takes 63 kB against 172 kB (measured on ``make bench``'s generated photos),
-which makes the whole cached training path about 1.2-1.4x faster than from a PNG cache. That is lossy: against the lossless cache the tensors differ by about one grey level on
-average (``tests/test_image_cache.py`` states the bounds). ``image_format="png"`` (``make
-preprocess ... FORMAT=png``) keeps the cache lossless, byte-identical to the original path where
-nothing is downscaled. ``manifest.json`` is written last
-(atomically) and lists every source file's relative path, byte size and ``st_mtime_ns`` with its
-cached file: a folder without one is a partial cache and is never used. ``apply_cache`` checks
-every source and cached file against the manifest and refuses the cache, naming the file and the
-command that rebuilds it, if anything changed: a cache is used whole or not at all.
+``build_cache`` writes them once (``make preprocess``, ``datamodules/preprocess.py``) and
+``LesionDataModule`` reads them through ``find_cache`` / ``apply_cache``. Layout, formats and the
+measured gain are in ``docs/datasets.md``. ``manifest.json`` is written last and records every
+source and cached file: a folder without one is a partial build and never used, and any file that
+changed since makes ``apply_cache`` raise ``StaleCache``: a cache is used whole or not at all.
 """
 
 from __future__ import annotations
@@ -30,14 +13,14 @@ import fcntl
 import hashlib
 import json
 import os
-import shlex
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from PIL import Image
 
+from datamodules.atomic_files import atomic_write, write_json
 from datamodules.dataset import load_rgb
 from datamodules.records import DatasetError, LesionRecord, LesionTable
 from datamodules.synthetic.config import default_cache_root
@@ -103,45 +86,6 @@ def cached_name(rel: str, image_format: str = "png") -> str:
     return Path(rel).with_suffix(".jpg" if image_format == "jpeg" else ".png").as_posix()
 
 
-def preprocess_command(
-    dataset: str, data_dir: str | Path, size: int, cache_root: Optional[str | Path] = None,
-    source_options: Optional[dict[str, Any]] = None, image_format: str = DEFAULT_FORMAT,
-    quality: int = DEFAULT_QUALITY,
-) -> str:
-    """The ``make preprocess`` line that (re)builds this cache."""
-    parts = []
-    if cache_root and Path(cache_root).expanduser().absolute() != default_cache_root().expanduser().absolute():
-        parts.append(f"DERMATTN_CACHE={shlex.quote(str(Path(cache_root).expanduser().absolute()))}")
-    parts += ["make", "preprocess", f"DATA={dataset}", f"DATA_DIR={shlex.quote(str(data_dir))}", f"SIZE={int(size)}"]
-    if image_format != DEFAULT_FORMAT:
-        parts.append(f"FORMAT={image_format}")
-    if image_format == "jpeg" and int(quality) != DEFAULT_QUALITY:
-        parts.append(f"QUALITY={int(quality)}")
-    if source_options:
-        # make pastes ARGS into the recipe's shell line, so the JSON needs quoting twice.
-        options = json.dumps(source_options, sort_keys=True, separators=(",", ":"))
-        if any(c in options for c in "'$`\\"):
-            parts.append(f"ARGS={shlex.quote('--source-options ' + shlex.quote(options))}")
-        else:
-            escaped = options.replace('"', '\\"')
-            parts.append(f'ARGS="--source-options \'{escaped}\'"')
-    return " ".join(parts)
-
-
-def _default_command(table: LesionTable, size: int, cache_root: Optional[str | Path], image_format: str,
-                     quality: int) -> str:
-    folder = data_folder(table).absolute()
-    if table.dataset == "synthetic":  # data_dir is the generator's cache root; its options matter
-        options = None
-        try:
-            options = json.loads((folder / "generator.json").read_text())
-            options = {k: v for k, v in options.items() if k not in ("version", "images")}
-        except (OSError, ValueError):
-            pass
-        return preprocess_command("synthetic", folder.parent, size, cache_root, options, image_format, quality)
-    return preprocess_command(table.dataset, folder, size, cache_root, None, image_format, quality)
-
-
 # -- writing ------------------------------------------------------------------------------------
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
     """(w, h) with the shorter side ``size``, aspect kept; never larger than the original."""
@@ -160,9 +104,6 @@ def _stat(path: Path) -> dict[str, int]:
 
 
 def _save(path: Path, image: Image.Image, image_format: str = "png", quality: int = DEFAULT_QUALITY) -> None:
-    # Imported here: lightning_modules pulls in torch/lightning, which the readers do not need.
-    from lightning_modules.utils.atomic_io import atomic_write
-
     if image_format == "jpeg":
         # subsampling=0 (4:4:4): full-resolution colour; lesion colour is diagnostic, and 4:2:0
         # would halve it on top of the resize.
@@ -205,7 +146,7 @@ def build_cache(
     size: int,
     cache_root: Optional[str | Path] = None,
     *,
-    command: Optional[str] = None,
+    source_options: Optional[dict[str, Any]] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     image_format: str = DEFAULT_FORMAT,
     quality: int = DEFAULT_QUALITY,
@@ -213,11 +154,10 @@ def build_cache(
     """Write every record's image (and mask) with its shorter side ``size`` px into the cache
     folder, then ``manifest.json``; return the folder. Files whose source is unchanged since a
     previous complete build of the same format are kept; files of a previous build that this one
-    does not list are deleted. ``command`` (stored in the manifest, quoted by errors) is the line
-    that rebuilds the cache; ``progress(done, total)`` is called after every image.
+    does not list are deleted. ``source_options`` (the reader options that gave ``table``) are
+    recorded so a stale cache can say how to rebuild it; ``progress(done, total)`` is called after
+    every image.
     ``image_format`` is ``"jpeg"`` (at ``quality``, 4:4:4) or ``"png"`` (lossless)."""
-    from lightning_modules.utils.atomic_io import write_json
-
     if int(size) < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
     if image_format not in IMAGE_FORMATS:
@@ -276,7 +216,7 @@ def build_cache(
             "format": image_format,
             "quality": quality if image_format == "jpeg" else None,
             "resample": "PIL LANCZOS (masks: NEAREST), shorter side = size, never upscaled",
-            "command": command or _default_command(table, size, cache_root, image_format, quality),
+            "source_options": source_options,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "files": files,
         }
@@ -306,20 +246,62 @@ def _read_manifest(folder: Path) -> dict:
 
 
 # -- reading ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CacheBuild:
+    """How a cache was built: what ``make preprocess`` needs to build it again."""
+
+    dataset: str
+    #: The reader's ``data_dir`` (for ``synthetic``, the generator's cache root).
+    data_dir: Path
+    size: int
+    cache_root: Path
+    image_format: str = DEFAULT_FORMAT
+    quality: int = DEFAULT_QUALITY
+    #: Reader options; ``None`` where the build did not record them.
+    source_options: Optional[dict[str, Any]] = None
+
+
+class StaleCache(DatasetError):
+    """A cache that no longer matches its source files or this code: ``reason`` says what
+    changed; ``build`` (``None`` without a readable manifest) how to rebuild it."""
+
+    def __init__(self, dataset: str, folder: Path, reason: str, build: Optional[CacheBuild]):
+        super().__init__(f"{dataset}: the resized image cache {folder} is out of date: {reason}")
+        self.dataset, self.folder, self.reason, self.build = dataset, folder, reason, build
+
+    def __reduce__(self):
+        return type(self), (self.dataset, self.folder, self.reason, self.build)
+
+
+def recorded_build(table: LesionTable, folder: str | Path) -> Optional[CacheBuild]:
+    """How the cache ``folder`` of ``table`` was built, from its manifest; ``None`` without one."""
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
+    if not isinstance(manifest.get("size"), int):
+        return None
+    data_dir = data_folder(table).absolute()
+    options = manifest.get("source_options")
+    if table.dataset == "synthetic":  # the data folder is named by the generator's options under its root
+        data_dir = data_dir.parent
+        if options is None:
+            try:
+                options = json.loads((data_folder(table) / "generator.json").read_text())
+                options = {k: v for k, v in options.items() if k not in ("version", "images")}
+            except (OSError, ValueError):
+                pass
+    return CacheBuild(table.dataset, data_dir, manifest["size"], folder.parent.parent,
+                      manifest.get("format") or DEFAULT_FORMAT, manifest.get("quality") or DEFAULT_QUALITY, options)
+
+
 def apply_cache(table: LesionTable, folder: str | Path) -> LesionTable:
     """``table`` with every record's image (and mask) pointing into the cache ``folder`` (the
     original file stays in ``source_path``), after checking each source and cached file against
-    the manifest; any difference raises ``DatasetError`` naming the file and the command that
-    rebuilds the cache."""
+    the manifest; any difference raises ``StaleCache`` naming the file."""
     folder = Path(folder)
     manifest = _read_manifest(folder)
-    command = manifest.get("command") or "make preprocess DATA=... DATA_DIR=... SIZE=..."
 
-    def stale(what: str) -> DatasetError:
-        return DatasetError(
-            f"{table.dataset}: the resized image cache {folder} is out of date: {what}. Re-run "
-            f"`{command}` to rebuild it, or pass --data.image_cache=false to read the original images"
-        )
+    def stale(what: str) -> StaleCache:
+        return StaleCache(table.dataset, folder, what, recorded_build(table, folder))
 
     if not manifest:
         raise stale(f"{folder / MANIFEST} is missing or unreadable")

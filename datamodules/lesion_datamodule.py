@@ -1,7 +1,8 @@
 """The LightningDataModule that ties reader, split, metadata encoder and transforms together.
 
-Flow: ``read_table`` (CSV rows -> records) -> ``split_indices`` (patient-grouped folds) ->
-``MetadataEncoder.fit`` on the training records -> ``LesionDataset`` per split.
+Flow: ``read_table`` (CSV rows -> records, ``sources/cleaning.py``, the resized-image cache) ->
+``split_indices`` (patient-grouped folds) -> ``MetadataEncoder.fit`` on the training records ->
+``LesionDataset`` per split; training batches are drawn as ``samplers.TrainingSampling`` says.
 
 The model needs ``num_classes``, ``meta_dim``, ``class_names`` and ``class_weights`` before it is
 built; they are properties here that load the table on first access (the CLI links them into
@@ -10,7 +11,6 @@ the model's arguments).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -18,18 +18,19 @@ from typing import Any, Optional, Sequence
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader, default_collate
 
-from datamodules.dataset import LesionDataset, load_rgb
+from datamodules.dataset import LesionDataset
 from datamodules.description import DataDescription
-from datamodules.image_cache import apply_cache, find_cache
+from datamodules.image_cache import StaleCache, apply_cache, find_cache
 from datamodules.metadata import MetadataEncoder
 from datamodules.records import DatasetError, LesionRecord, LesionTable
-from datamodules.samplers import ClassBalancedBatchSampler, SeededSampler
-from datamodules.seeding import TrainPosition, run_seed, seed_transform, training_position
+from datamodules.samplers import TrainingSampling
+from datamodules.seeding import TrainPosition, run_seed, seed_transform
 from datamodules.sources import DATASETS, read_table
+from datamodules.sources.cleaning import drop_rare_classes, verify_images
 from datamodules.splits import SPLITS, split_indices
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
@@ -95,16 +96,12 @@ class LesionDataModule(L.LightningDataModule):
         super().__init__()
         if dataset not in DATASETS:
             raise DatasetError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
-        if oversample and (balanced_sampler or pk_batches):
-            raise ValueError("oversample draws its own training batches; set balanced_sampler=false and pk_batches=null")
-        if pk_batches and balanced_sampler:
-            raise ValueError("pk_batches (P classes x K images) already balances the classes; "
-                             "set balanced_sampler=false")
+        self.sampling = TrainingSampling(balanced_sampler, oversample, pk_batches)
         if predict_split not in (*SPLITS, "all"):
             raise ValueError(f"predict_split must be one of {(*SPLITS, 'all')}, got {predict_split!r}")
         self.save_hyperparameters()
         self.datasets: dict[str, LesionDataset] = {}
-        self._resume_at: Optional[TrainPosition] = None  # from a checkpoint (load_state_dict)
+        self._resume_at: Optional[TrainPosition] = None  # a resumed run's (resume_training_at)
         self._eval_datasets: dict[str, LesionDataset] = {}  # for eval_batch
 
     # -- records, splits and the metadata encoder (loaded once, on first use) -------------------
@@ -114,9 +111,17 @@ class LesionDataModule(L.LightningDataModule):
         table = read_table(hp.dataset, hp.data_dir, **(hp.source_options or {}))
         table = drop_rare_classes(table, hp.min_class_images) if hp.min_class_images else table
         cache = find_cache(table, hp.image_size) if hp.image_cache else None
-        if cache is not None:
+        if cache is None:
+            return table
+        try:
             table = apply_cache(table, cache)
-            rank_zero_info(f"{hp.dataset}: reading resized images from {cache} (--data.image_cache=false: the originals)")
+        except StaleCache as err:
+            # The entry point words the command; imported here as the error path alone needs it.
+            from datamodules.preprocess import preprocess_command
+
+            raise DatasetError(f"{err}. Re-run `{preprocess_command(err.build)}` to rebuild it, or pass "
+                               "--data.image_cache=false to read the original images") from None
+        rank_zero_info(f"{hp.dataset}: reading resized images from {cache} (--data.image_cache=false: the originals)")
         return table
 
     @cached_property
@@ -187,53 +192,32 @@ class LesionDataModule(L.LightningDataModule):
                 hp.small_images,
             )
 
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader:
         hp = self.hparams
-        if train:
-            return self._pk_loader() if hp.pk_batches else self._train_loader()
         return DataLoader(self.datasets[split], batch_size=hp.eval_batch_size or hp.batch_size,
                           num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0,
                           pin_memory=torch.cuda.is_available(), generator=self._loader_generator())
 
-    def _train_loader(self) -> DataLoader:
-        """Shuffled, class-balanced or oversampled batches from a ``SeededSampler``."""
+    def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        weights = None
-        if hp.balanced_sampler or hp.oversample:
-            labels = np.array([r.label for r in self.records("train")])
-            if hp.balanced_sampler:
-                weights = 1.0 / np.bincount(labels, minlength=self.num_classes)[labels]
-            else:
-                weights = self.oversampling_factors()[labels]
-        epoch, batches_done = self._resume_position()
         world_size, rank = self._world()
-        sampler = SeededSampler(len(self.datasets["train"]), run_seed(), weights, num_replicas=world_size,
-                                rank=rank, resume_at=(epoch, batches_done * hp.batch_size))
-        return DataLoader(
-            self.datasets["train"],
-            batch_size=hp.batch_size,
-            sampler=sampler,
-            drop_last=len(sampler) > hp.batch_size,  # BatchNorm needs > 1 sample
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            generator=self._loader_generator(),
+        batches = self.sampling.loader_arguments(
+            [r.label for r in self.records("train")], num_samples=len(self.datasets["train"]),
+            batch_size=hp.batch_size, seed=run_seed(), position=self._resume_position(), world_size=world_size,
+            rank=rank, class_names=self.class_names, dataset=hp.dataset,
         )
-
-    def _pk_loader(self) -> DataLoader:
-        hp = self.hparams
-        p, k = hp.pk_batches
-        labels = [r.label for r in self.records("train")]
-        # Under DDP Lightning re-creates the sampler with its DistributedSampler (rank, world size).
-        sampler = ClassBalancedBatchSampler(labels, p, k, num_batches=max(1, len(labels) // (p * k)),
-                                            seed=run_seed(), resume_at=self._resume_position())
-        return DataLoader(self.datasets["train"], batch_sampler=sampler, num_workers=hp.num_workers,
+        return DataLoader(self.datasets["train"], **batches, num_workers=hp.num_workers,
                           persistent_workers=hp.num_workers > 0, pin_memory=torch.cuda.is_available(),
                           generator=self._loader_generator())
 
+    def resume_training_at(self, position: TrainPosition) -> None:
+        """Start the training sampler at ``position`` (a resumed run's epoch and batches of it
+        done); called when a checkpoint is restored, before Lightning makes the training loader."""
+        self._resume_at = TrainPosition(*position)
+
     def _resume_position(self) -> TrainPosition:
-        """The (epoch, batches done) to start from: a resumed run's, from the checkpoint, else the
-        trainer's epoch. Read when the training loader is made, which Lightning does once, after
+        """The (epoch, batches done) to start from: a resumed run's (``resume_training_at``), else
+        the trainer's epoch. Read when the training loader is made, which Lightning does once, after
         restoring a checkpoint and before the loader's first iterator (with workers, that iterator
         draws indices at once, before Lightning's first ``set_epoch``)."""
         if self._resume_at is not None:
@@ -267,15 +251,7 @@ class LesionDataModule(L.LightningDataModule):
 
     def oversampling_factors(self) -> np.ndarray:
         """(K,) sampling weight of each class under ``oversample`` (1 for classes it does not name)."""
-        factors = np.ones(self.num_classes)
-        for name, factor in (self.hparams.oversample or {}).items():
-            if name not in self.class_names:
-                raise DatasetError(f"--data.oversample: {self.hparams.dataset} has no class {name!r}; "
-                                   f"its classes are {self.class_names}")
-            if not factor > 0:
-                raise ValueError(f"--data.oversample: the factor of {name} must be positive, got {factor}")
-            factors[self.class_names.index(name)] = float(factor)
-        return factors
+        return self.sampling.class_factors(self.class_names, self.hparams.dataset)
 
     def eval_batch(self, split: str, indices: Sequence[int]) -> dict:
         """Items ``indices`` of ``split`` with the evaluation transform, collated into one batch
@@ -303,9 +279,6 @@ class LesionDataModule(L.LightningDataModule):
         index = {name: i for i, name in enumerate(sorted(set(names)))}
         return torch.tensor([index[n] for n in names])
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
 
@@ -317,15 +290,11 @@ class LesionDataModule(L.LightningDataModule):
 
     # -- checkpoint state: the fitted encoder travels with the weights ------------------------
     def state_dict(self) -> dict[str, Any]:
-        state = {
+        return {
             "encoder": self.encoder.state_dict(),
             "class_names": self.class_names,
             "feature_names": self.encoder.feature_names,
         }
-        position = training_position(self.trainer)
-        if position is not None:  # where a resumed run's sampler starts
-            state["train_position"] = list(position)
-        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if list(state["class_names"]) != self.class_names:
@@ -333,8 +302,8 @@ class LesionDataModule(L.LightningDataModule):
                 f"checkpoint was trained on classes {state['class_names']}, "
                 f"but {self.hparams.dataset} has {self.class_names}"
             )
-        if "train_position" in state:
-            self._resume_at = TrainPosition(*state["train_position"])
+        if "train_position" in state:  # checkpoints written before the trainer's checkpoint carried it
+            self.resume_training_at(TrainPosition(*state["train_position"]))
         encoder = state["encoder"]
         self.table.split_features(list(encoder["numeric"]) + list(encoder["categorical"]))  # columns exist?
         if "encoder" in self.__dict__:
@@ -359,29 +328,3 @@ class LesionDataModule(L.LightningDataModule):
             "meta_features": self.encoder.feature_names,
         }
 
-
-def drop_rare_classes(table: LesionTable, min_images: int) -> LesionTable:
-    counts = np.bincount([r.label for r in table.records], minlength=len(table.class_names))
-    keep = [k for k, n in enumerate(counts) if n >= min_images]
-    dropped = {table.class_names[k]: int(counts[k]) for k in range(len(counts)) if counts[k] < min_images}
-    if not dropped:
-        return table
-    rank_zero_warn(
-        f"{table.dataset}: dropped {sum(dropped.values())} image(s) of {len(dropped)} class(es) with fewer than "
-        f"{min_images} images: {dropped}"
-    )
-    new_label = {old: new for new, old in enumerate(keep)}
-    records = [replace(r, label=new_label[r.label]) for r in table.records if r.label in new_label]
-    return replace(table, class_names=[table.class_names[k] for k in keep], records=records)
-
-
-def verify_images(table: LesionTable) -> None:
-    """Decode every image; raise once, listing every unreadable file with its CSV line."""
-    bad = []
-    for record in table.records:
-        try:
-            load_rgb(record.image_path, table.dataset, record.line)
-        except DatasetError as err:
-            bad.append(str(err))
-    if bad:
-        raise DatasetError(f"{table.dataset}: {len(bad)} unreadable image(s):\n  " + "\n  ".join(bad[:20]))

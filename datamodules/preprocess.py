@@ -9,7 +9,8 @@ Images are cached as JPEG (quality 95, 4:4:4) unless ``--format png`` (lossless,
 decode, about 3x the disk); masks always as PNG.
 
 Prints progress every 1000 images, the total time, and last the cache folder. Re-running after
-some source files changed re-encodes only those.
+some source files changed re-encodes only those. ``preprocess_command`` words this command line
+for a stale cache's error.
 """
 
 from __future__ import annotations
@@ -17,19 +18,48 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
+from pathlib import Path
 from typing import Optional, Sequence
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from datamodules.image_cache import (  # noqa: E402
-    DEFAULT_FORMAT, DEFAULT_QUALITY, IMAGE_FORMATS, build_cache, preprocess_command,
+    DEFAULT_FORMAT, DEFAULT_QUALITY, IMAGE_FORMATS, CacheBuild, build_cache,
 )
 from datamodules.records import DatasetError  # noqa: E402
 from datamodules.sources import DATASETS, read_table  # noqa: E402
+from datamodules.synthetic.config import default_cache_root  # noqa: E402
 
 PROGRESS_EVERY = 1000
+
+
+def preprocess_command(build: Optional[CacheBuild]) -> str:
+    """The ``make preprocess`` line that (re)builds a cache, quoted for the shell; a template
+    where the build is unknown."""
+    if build is None:
+        return "make preprocess DATA=... DATA_DIR=... SIZE=..."
+    parts = []
+    root = Path(build.cache_root).expanduser().absolute()
+    if root != default_cache_root().expanduser().absolute():
+        parts.append(f"DERMATTN_CACHE={shlex.quote(str(root))}")
+    parts += ["make", "preprocess", f"DATA={build.dataset}", f"DATA_DIR={shlex.quote(str(build.data_dir))}",
+              f"SIZE={int(build.size)}"]
+    if build.image_format != DEFAULT_FORMAT:
+        parts.append(f"FORMAT={build.image_format}")
+    if build.image_format == "jpeg" and int(build.quality) != DEFAULT_QUALITY:
+        parts.append(f"QUALITY={int(build.quality)}")
+    if build.source_options:
+        # make pastes ARGS into the recipe's shell line, so the JSON needs quoting twice.
+        options = json.dumps(build.source_options, sort_keys=True, separators=(",", ":"))
+        if any(c in options for c in "'$`\\"):
+            parts.append(f"ARGS={shlex.quote('--source-options ' + shlex.quote(options))}")
+        else:
+            escaped = options.replace('"', '\\"')
+            parts.append(f'ARGS="--source-options \'{escaped}\'"')
+    return " ".join(parts)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -61,14 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         table = read_table(args.dataset, args.data_dir, **options)
-        data_dir = args.data_dir
-        if data_dir is None and args.dataset == "synthetic":
-            from datamodules.synthetic import default_cache_root
-
-            data_dir = default_cache_root()
-        command = preprocess_command(args.dataset, os.path.abspath(os.path.expanduser(str(data_dir))), args.size,
-                                     args.cache_root, options, args.format, args.quality)
-        folder = build_cache(table, args.size, args.cache_root, command=command, progress=progress,
+        folder = build_cache(table, args.size, args.cache_root, source_options=options, progress=progress,
                              image_format=args.format, quality=args.quality)
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Training samplers whose every draw is a function of (run seed, epoch, position, rank).
+"""Training samplers whose every draw is a function of (run seed, epoch, position, rank), and
+``TrainingSampling``, the policy that picks one from the datamodule's options.
 
 They yield ``SampleKey``s: the index of a sample and the seed of its augmentation, which the
 dataset applies in whichever worker loads it. A run resumed at (epoch, batch) skips exactly the
@@ -7,12 +8,13 @@ samples trained before and continues the same streams (see ``datamodules/seeding
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 from torch.utils.data import BatchSampler, DistributedSampler, Sampler
 
-from datamodules.seeding import SampleKey
+from datamodules.records import DatasetError
+from datamodules.seeding import SampleKey, TrainPosition
 
 # Stream names mixed into the seeds, so the order and the augmentations never share draws.
 ORDER, AUGMENT = 0, 1
@@ -157,3 +159,76 @@ class ClassBalancedBatchSampler(BatchSampler):
             seeds = augment.integers(0, 2**32, size=len(batch))
             if b >= skip:
                 yield [SampleKey(int(i), int(s)) for i, s in zip(batch, seeds)]
+
+
+class TrainingSampling:
+    """How training batches are drawn: shuffled (the default), class-balanced (``balanced``),
+    some classes drawn more often (``oversample``) or P classes x K images (``pk_batches``).
+
+    The options are checked together when it is made, so a bad combination fails before any data
+    is read; the messages name the datamodule's options (``--data.balanced_sampler`` ...).
+    """
+
+    def __init__(self, balanced: bool = False, oversample: Optional[Mapping[str, float]] = None,
+                 pk_batches: Optional[Sequence[int]] = None):
+        """
+        Args:
+            balanced: draws with inverse class-frequency weights, with replacement.
+            oversample: ``{class: factor}``: images of these classes drawn ``factor`` times as
+                often as the others, with replacement, as many draws per epoch as images.
+            pk_batches: ``(P, K)``: batches of P classes x K images (positive pairs in every batch).
+        """
+        if oversample and (balanced or pk_batches):
+            raise ValueError("oversample draws its own training batches; "
+                             "set balanced_sampler=false and pk_batches=null")
+        if pk_batches and balanced:
+            raise ValueError("pk_batches (P classes x K images) already balances the classes; "
+                             "set balanced_sampler=false")
+        if pk_batches and (len(pk_batches) != 2 or min(pk_batches) < 1):
+            raise ValueError(f"pk_batches must be [P, K] with P, K >= 1, got {list(pk_batches)}")
+        for name, factor in (oversample or {}).items():
+            if not factor > 0:
+                raise ValueError(f"--data.oversample: the factor of {name} must be positive, got {factor}")
+        self.balanced = bool(balanced)
+        self.oversample = dict(oversample or {})
+        self.pk_batches = (int(pk_batches[0]), int(pk_batches[1])) if pk_batches else None
+
+    def class_factors(self, class_names: Sequence[str], dataset: str) -> np.ndarray:
+        """(K,) sampling weight of each class under ``oversample`` (1 for classes it does not name)."""
+        class_names = list(class_names)
+        factors = np.ones(len(class_names))
+        for name, factor in self.oversample.items():
+            if name not in class_names:
+                raise DatasetError(f"--data.oversample: {dataset} has no class {name!r}; its classes are {class_names}")
+            factors[class_names.index(name)] = float(factor)
+        return factors
+
+    def loader_arguments(self, labels: Sequence[int], *, num_samples: int, batch_size: int, seed: int,
+                         position: TrainPosition, world_size: int = 1, rank: int = 0,
+                         class_names: Sequence[str] = (), dataset: str = "") -> dict[str, Any]:
+        """The ``DataLoader`` arguments that draw the training batches: ``batch_sampler``, or
+        ``sampler``, ``batch_size`` and ``drop_last``.
+
+        Args:
+            labels: the training images' classes (``num_samples`` of them, unless only shuffled).
+            position: (epoch, batches of this rank done) where a resumed run starts; else
+                (the trainer's epoch, 0).
+            world_size, rank: the DDP processes (P x K batches get theirs from Lightning instead).
+            class_names, dataset: to check ``oversample``'s class names and name them in errors.
+        """
+        labels = np.asarray(labels)
+        if self.pk_batches:
+            p, k = self.pk_batches
+            # Under DDP Lightning re-creates this batch sampler with its DistributedSampler (rank, world size).
+            sampler = ClassBalancedBatchSampler(labels, p, k, num_batches=max(1, len(labels) // (p * k)), seed=seed,
+                                                resume_at=position)
+            return {"batch_sampler": sampler}
+        weights = None
+        if self.balanced:
+            weights = 1.0 / np.bincount(labels, minlength=len(class_names))[labels]
+        elif self.oversample:
+            weights = self.class_factors(class_names, dataset)[labels]
+        sampler = SeededSampler(num_samples, seed, weights, num_replicas=world_size, rank=rank,
+                                resume_at=(position.epoch, position.batches_done * batch_size))
+        # drop_last: BatchNorm needs more than one sample in a batch.
+        return {"sampler": sampler, "batch_size": batch_size, "drop_last": len(sampler) > batch_size}

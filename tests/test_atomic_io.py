@@ -1,25 +1,11 @@
-"""Result files and checkpoints are written whole or not at all, with ordinary permissions."""
+"""Checkpoints are written whole or not at all (the atomic writes themselves: test_atomic_files.py)."""
 
 from __future__ import annotations
-
-import json
-import os
-import stat
 
 import pytest
 import torch
 
-from lightning_modules.utils.atomic_io import PROCESS_UMASK, AtomicCheckpointIO, atomic_write, write_json
-
-
-def test_atomic_write_replaces_whole_files_with_plain_permissions(tmp_path):
-    path = write_json(tmp_path / "metrics.json", {"auroc": 0.9})
-    assert json.loads(path.read_text()) == {"auroc": 0.9}
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~PROCESS_UMASK  # not mkstemp's 0600
-    with pytest.raises(RuntimeError):
-        atomic_write(path, lambda f: (f.write('{"auroc": 0.'), (_ for _ in ()).throw(RuntimeError("killed"))))
-    assert json.loads(path.read_text()) == {"auroc": 0.9}  # the old file is untouched
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left behind
+from lightning_modules.utils.atomic_io import AtomicCheckpointIO
 
 
 def test_checkpoint_io_is_atomic_and_loads_weights_only(tmp_path):

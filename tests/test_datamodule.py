@@ -322,3 +322,62 @@ def test_oversampling_one_class(synthetic_cache):
                          oversample={"melanoma": 4}).oversampling_factors()
     with pytest.raises(ValueError, match="oversample draws its own"):
         LesionDataModule(oversample={"MEL": 4}, balanced_sampler=True)
+
+
+def test_training_sampling_policies_build_their_samplers():
+    """Each option picks its sampler with the batch size, resume position and rank the datamodule
+    passes; weights by hand: 1/count for balanced, the class factor for oversample."""
+    from datamodules.samplers import ClassBalancedBatchSampler, SeededSampler, TrainingSampling
+    from datamodules.seeding import TrainPosition
+
+    labels = [0, 0, 0, 1, 2, 2]
+    common = dict(num_samples=6, batch_size=2, seed=5, position=TrainPosition(3, 1), world_size=2, rank=1,
+                  class_names=["a", "b", "c"], dataset="toy")
+    plain = TrainingSampling().loader_arguments(labels, **common)
+    assert set(plain) == {"sampler", "batch_size", "drop_last"} and plain["batch_size"] == 2
+    sampler = plain["sampler"]
+    assert isinstance(sampler, SeededSampler) and sampler.weights is None and len(sampler) == 3
+    assert (sampler.seed, sampler.rank, sampler.num_replicas, sampler.resume_at) == (5, 1, 2, (3, 2))
+    assert plain["drop_last"]  # 3 samples per rank > batch of 2
+    balanced = TrainingSampling(balanced=True).loader_arguments(labels, **common)["sampler"]
+    np.testing.assert_allclose(balanced.weights, [1 / 3, 1 / 3, 1 / 3, 1, 1 / 2, 1 / 2])
+    over = TrainingSampling(oversample={"c": 2.5}).loader_arguments(labels, **common)["sampler"]
+    np.testing.assert_allclose(over.weights, [1, 1, 1, 1, 2.5, 2.5])
+    pk = TrainingSampling(pk_batches=(2, 3)).loader_arguments(labels, **common)
+    assert set(pk) == {"batch_sampler"}
+    batches = pk["batch_sampler"]
+    assert isinstance(batches, ClassBalancedBatchSampler)
+    assert (batches.p, batches.k, batches.num_batches, batches.seed, batches.resume_at) == (2, 3, 1, 5, (3, 1))
+    with pytest.raises(DatasetError, match=r"toy has no class 'd'; its classes are \['a', 'b', 'c'\]"):
+        TrainingSampling(oversample={"d": 2}).loader_arguments(labels, **common)
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(oversample={"MEL": 4}, pk_batches=(2, 2)), "oversample draws its own training batches"),
+    (dict(oversample={"MEL": 0}), "the factor of MEL must be positive, got 0"),
+    (dict(pk_batches=(0, 4)), r"pk_batches must be \[P, K\] with P, K >= 1, got \[0, 4\]"),
+])
+def test_bad_sampling_options_fail_before_reading_data(options, message):
+    with pytest.raises(ValueError, match=message):
+        LesionDataModule(data_dir="/nonexistent", **options)
+
+
+def test_resume_training_at_starts_the_sampler_mid_epoch(synthetic_cache):
+    """A resumed run's training loader skips the batches already trained in its epoch; the
+    position comes from ``resume_training_at`` (older checkpoints: the datamodule's own state)."""
+    from datamodules.seeding import TrainPosition
+
+    whole = make_dm(synthetic_cache, batch_size=4)
+    whole.setup("fit")
+    sampler = whole.train_dataloader().sampler
+    sampler.set_epoch(2)
+    epoch = list(sampler)
+    resumed = make_dm(synthetic_cache, batch_size=4)
+    resumed.setup("fit")
+    resumed.resume_training_at(TrainPosition(2, 3))
+    assert list(resumed.train_dataloader().sampler) == epoch[12:]
+    assert "train_position" not in resumed.state_dict()
+    old = make_dm(synthetic_cache, batch_size=4)
+    old.setup("fit")
+    old.load_state_dict({**whole.state_dict(), "train_position": [2, 3]})
+    assert list(old.train_dataloader().sampler) == epoch[12:]

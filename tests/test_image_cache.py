@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from dataclasses import replace
@@ -21,6 +22,7 @@ from dataset_writers import write_isic2020, write_pad_ufes20
 from datamodules import image_cache
 from datamodules.lesion_datamodule import LesionDataModule
 from datamodules.preprocess import main as preprocess_main
+from datamodules.preprocess import preprocess_command
 from datamodules.records import DatasetError
 from datamodules.sources import read_table
 
@@ -199,8 +201,12 @@ def test_missing_or_modified_files_and_records_are_errors(tmp_path, cache_root):
     folder = image_cache.build_cache(replace(table, records=table.records[:-1]), 16, cache_root)
     cached = folder / "jpeg" / "train" / f"{table.records[0].image_id}.jpg"
     assert cached.is_file() and min(Image.open(cached).size) == 16 and Image.open(cached).size == (21, 16)
-    with pytest.raises(DatasetError, match=f"{table.records[-1].image_path}.*is not in it.*make preprocess"):
+    with pytest.raises(image_cache.StaleCache, match=f"{table.records[-1].image_path}.*is not in it") as err:
         image_cache.apply_cache(table, folder)
+    # The library says what is stale and how it was built; the entry point words the command.
+    assert (err.value.dataset, err.value.folder) == ("isic2020", folder)
+    assert err.value.build == image_cache.CacheBuild("isic2020", fake.root.absolute(), 16, cache_root)
+    assert isinstance(err.value, DatasetError)
 
     subset = replace(table, records=table.records[:-1])
     assert image_cache.apply_cache(subset, folder).records[0].image_path == cached
@@ -235,12 +241,15 @@ def test_preprocess_cli(tmp_path, capsys):
     assert manifest["size"] == 20 and len(manifest["files"]) == 6
     entry = next(iter(manifest["files"].values()))
     assert set(entry) >= {"cached", "bytes", "mtime_ns"}
-    assert manifest["command"].startswith(f"DERMATTN_CACHE={root} make preprocess DATA=pad_ufes20")
-    assert "FORMAT" not in manifest["command"]  # the default
+    assert manifest["source_options"] == {}
+    table = read_table("pad_ufes20", fake.root)
+    command = preprocess_command(image_cache.recorded_build(table, folder))
+    assert command == f"DERMATTN_CACHE={root} make preprocess DATA=pad_ufes20 DATA_DIR={fake.root} SIZE=20"
     assert preprocess_main(["--dataset", "pad_ufes20", "--data-dir", str(fake.root), "--size", "20",
                             "--cache-root", str(root), "--format", "png"]) == 0
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["format"] == "png" and manifest["command"].endswith("SIZE=20 FORMAT=png")
+    assert manifest["format"] == "png"
+    assert preprocess_command(image_cache.recorded_build(table, folder)).endswith("SIZE=20 FORMAT=png")
     assert all(entry["cached"].endswith(".png") for entry in manifest["files"].values())
 
 
@@ -255,3 +264,32 @@ def test_make_preprocess_prints_the_command():
     out = subprocess.run(["make", "-n", "preprocess", "DATA=isic2020", "DATA_DIR=/x", "SIZE=768"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
     assert "--size 768" in out
+
+
+@pytest.mark.parametrize("options", [{"task": "diagnosis"}, {"note": "it's $HOME `x` \\ \"q\""}])
+def test_rebuild_command_survives_the_shell_twice(options, tmp_path):
+    """make pastes ``ARGS`` into its recipe's shell line: the user's shell unquotes the command
+    line once, that shell line a second time, and the reader options must arrive intact."""
+    build = image_cache.CacheBuild("isic2020", tmp_path / "my data", 512, tmp_path / "cache root", "jpeg", 90, options)
+    words = shlex.split(preprocess_command(build))
+    assert words[:6] == [f"DERMATTN_CACHE={tmp_path / 'cache root'}", "make", "preprocess", "DATA=isic2020",
+                         f"DATA_DIR={tmp_path / 'my data'}", "SIZE=512"]
+    assert words[6] == "QUALITY=90" and words[7].startswith("ARGS=")
+    assert shlex.split(words[7][len("ARGS="):])[0] == "--source-options"
+    assert json.loads(shlex.split(words[7][len("ARGS="):])[1]) == options
+    assert preprocess_command(None) == "make preprocess DATA=... DATA_DIR=... SIZE=..."
+
+
+def test_stale_synthetic_cache_names_the_generator_root_and_options(synthetic_cache, cache_root):
+    """A synthetic dataset's folder is named by its generator options under the cache root: the
+    rebuild command passes both, and they read the very same dataset."""
+    table = synthetic_table(synthetic_cache)
+    folder = image_cache.build_cache(table, 40, cache_root)
+    build = image_cache.recorded_build(table, folder)
+    assert build.data_dir == synthetic_cache.absolute() and build.source_options.items() >= SMALL_SYNTHETIC.items()
+    assert read_table("synthetic", build.data_dir, **build.source_options).csv_path == table.csv_path
+    (folder / "manifest.json").write_text(json.dumps({**json.loads((folder / "manifest.json").read_text()),
+                                                      "version": 1}))
+    with pytest.raises(DatasetError, match="written by cache version 1") as err:
+        _ = synthetic_dm(synthetic_cache, True).table
+    assert f"Re-run `{preprocess_command(build)}` to rebuild it" in str(err.value)

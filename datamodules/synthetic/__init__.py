@@ -6,14 +6,8 @@ reader, plus a lesion mask per image (``masks/``) for scoring attention maps. Ph
 are near-duplicates, which is what makes patient-grouped splits matter; SCC and ACK are drawn
 alike, so only the metadata tells them apart. The rules are also in the README.
 
-* ``config``: ``SyntheticConfig``, the cache folder and writing the files (``ensure_generated``,
-  ``generate``).
-* ``metadata``: the rows: patients, lesions and images, with per-class metadata
-  (``sample_metadata``).
-* ``render``: the pictures: each lesion drawn from its class's ABCD cues, then photographed with
-  distractors independent of the label (``render_lesion``).
-
-Everything other code uses is importable from here (``from datamodules import synthetic``).
+``config`` writes the files, ``metadata`` the rows, ``render`` the pictures; everything other code
+uses is importable from here (``from datamodules import synthetic``).
 """
 
 from datamodules.synthetic.config import (
