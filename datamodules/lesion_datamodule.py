@@ -244,10 +244,14 @@ class LesionDataModule(L.LightningDataModule):
         """Any records (a split, an unlabeled test set, a folder of new images) with this data's
         evaluation transform and the given (trained) metadata encoder."""
         hp = self.hparams
-        transform = build_transforms(False, hp.image_size, hp.augment, hp.normalize_mean, hp.normalize_std)
-        data = LesionDataset(records, encoder, transform, dataset, False, hp.image_size,
+        data = LesionDataset(records, encoder, self.eval_transform(), dataset, False, hp.image_size,
                              small_images=hp.small_images)
         return DataLoader(data, batch_size=hp.eval_batch_size or hp.batch_size, num_workers=hp.num_workers)
+
+    def eval_transform(self):
+        """The evaluation transform (resize, normalise): how the model sees any image."""
+        hp = self.hparams
+        return build_transforms(False, hp.image_size, hp.augment, hp.normalize_mean, hp.normalize_std)
 
     def oversampling_factors(self) -> np.ndarray:
         """(K,) sampling weight of each class under ``oversample`` (1 for classes it does not name)."""

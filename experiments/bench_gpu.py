@@ -31,12 +31,13 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from experiments import registry  # noqa: E402
 from experiments.bench import FixedBatches  # noqa: E402
 from experiments.cli import DermCLI  # noqa: E402
 from lightning_modules.callbacks.prototype_push import PrototypePush  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = ("metablock", "attn_vgg", "soft_attention", "protopnet", "abe")
+CONFIGS = tuple(registry.experiments())  # every experiment as configured (experiments/registry.yaml)
 GPU_VARIANTS = {
     "fp32": ["--trainer.precision=32-true"],
     "16-mixed": ["--trainer.precision=16-mixed"],

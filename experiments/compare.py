@@ -29,22 +29,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from experiments import registry  # noqa: E402
 from experiments.runs import mean_std, train_once  # noqa: E402
 from lightning_modules.utils.atomic_io import atomic_write, write_json, write_png  # noqa: E402
 from lightning_modules.utils.plots import figure_to_array  # noqa: E402
 
-#: name -> (experiment config, overrides): the rows of the table, in order.
-MODELS: dict[str, tuple[str, list[str]]] = {
-    "image only": ("experiments/metablock.yaml", ["--model.init_args.fusion=none"]),
-    "concat": ("experiments/metablock.yaml", ["--model.init_args.fusion=concat"]),
-    "MetaBlock": ("experiments/metablock.yaml", ["--model.init_args.fusion=metablock"]),
-    "AttnVGG": ("experiments/attn_vgg.yaml", []),
-    "soft attention (dot)": ("experiments/soft_attention.yaml", ["--model.init_args.scoring=dot"]),
-    "soft attention (general)": ("experiments/soft_attention.yaml", ["--model.init_args.scoring=general"]),
-    "soft attention (concat)": ("experiments/soft_attention.yaml", ["--model.init_args.scoring=concat"]),
-    "ProtoPNet": ("experiments/protopnet.yaml", []),
-    "ABE-M (k-NN)": ("experiments/abe.yaml", []),
-}
+#: name -> (experiment config, overrides): the rows of the table, in order (experiments/registry.yaml).
+MODELS: dict[str, tuple[str, list[str]]] = {v.name: (v.config, list(v.overrides)) for v in registry.variants()}
 
 
 def slug(name: str) -> str:

@@ -19,14 +19,13 @@ The checkpoint is loaded with ``torch.load(weights_only=True)``: it holds tensor
 values only (no pickled classes). It carries everything needed to predict: the module class
 and its configuration (the network's among it; ``lightning_modules.modules.loading``), the
 datamodule's settings, and the metadata encoder fitted on the training split, which is reused as
-is, never refitted on the new data.
+is, never refitted on the new data (``datamodules.checkpoint_data``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -34,93 +33,18 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
-from datamodules.lesion_datamodule import LesionDataModule  # noqa: E402
-from datamodules.metadata import MetadataEncoder  # noqa: E402
-from datamodules.records import UNLABELED, DatasetError, LesionTable  # noqa: E402
-from datamodules.sources import read_unlabeled  # noqa: E402
-from datamodules.sources.reading import image_folder_table  # noqa: E402
+from datamodules.checkpoint_data import build_datamodule, unlabeled_table  # noqa: E402
+from datamodules.records import UNLABELED  # noqa: E402
 from lightning_modules.callbacks.test_results import write_predictions  # noqa: E402
 from lightning_modules.contracts import PredictsClasses  # noqa: E402
-from lightning_modules.modules.ensemble import TTA_VIEWS, TTAPredictor, average_probabilities  # noqa: E402
-from lightning_modules.modules.loading import load_module, read_checkpoint  # noqa: E402
-
-
-def build_datamodule(checkpoint: dict, dataset: Optional[str], data_dir: Optional[str], split: str,
-                     batch_size: Optional[int] = None, num_workers: Optional[int] = None,
-                     load_state: bool = True) -> LesionDataModule:
-    """The training datamodule's settings on (optionally) other data; ``load_state`` installs the
-    training encoder (which reads the dataset's table to check its classes and columns)."""
-    hparams = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
-    if dataset is not None and dataset != hparams["dataset"]:
-        hparams["dataset"], hparams["source_options"] = dataset, None
-    if data_dir is not None:
-        hparams["data_dir"] = data_dir
-    hparams["predict_split"] = split
-    hparams["small_images"] = "warn"  # predicted with a warning, not refused
-    if batch_size:
-        hparams["eval_batch_size"] = batch_size
-    if num_workers is not None:
-        hparams["num_workers"] = num_workers
-    datamodule = LesionDataModule(**hparams)
-    if load_state:
-        datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])  # the training encoder
-    return datamodule
-
-
-def unlabeled_table(checkpoint: dict, dataset: Optional[str], data_dir: Optional[str],
-                    images: Optional[str]) -> tuple[LesionTable, MetadataEncoder]:
-    """The records to predict without labels, and the training encoder that reads their metadata."""
-    encoder = MetadataEncoder.from_state_dict(checkpoint[LesionDataModule.__qualname__]["encoder"])
-    if images is not None:
-        table = image_folder_table(images)
-        if encoder.dim:
-            warnings.warn(f"{images} gives no metadata; the model's {encoder.dim} metadata features are "
-                          "all encoded as missing", stacklevel=2)
-        return table, encoder
-    trained = checkpoint["datamodule_hyper_parameters"]
-    table = read_unlabeled(dataset or trained["dataset"], data_dir or trained.get("data_dir"))
-    absent = [c for c in [*encoder.numeric, *encoder.categorical] if c not in table.numeric_columns + table.categorical_columns]
-    if absent:
-        raise DatasetError(f"{table.dataset}: the model uses metadata column(s) {absent}, which {table.csv_path} lacks")
-    return table, encoder
-
-
-def checkpoint_paths(ckpt: str | Path | Sequence[str | Path]) -> list[Path]:
-    """One checkpoint, several, or a folder (every ``best-*.ckpt`` below it: e.g. the folds of a
-    cross-validation)."""
-    paths: list[Path] = []
-    for item in [ckpt] if isinstance(ckpt, (str, Path)) else list(ckpt):
-        item = Path(item)
-        if item.is_dir():
-            found = sorted(item.rglob("checkpoints/best-*.ckpt"))
-            if not found:
-                raise FileNotFoundError(f"{item} holds no checkpoints/best-*.ckpt")
-            paths += found
-        else:
-            paths.append(item)
-    return paths
-
-
-def check_ensemble(paths: Sequence[Path], checkpoints: Sequence[dict]) -> None:
-    """Refuse checkpoints whose probabilities would not mean the same thing averaged together:
-    other classes, or other metadata features (each member encodes with its own fitted encoder,
-    so folds trained on different splits combine)."""
-    def identity(checkpoint: dict) -> tuple[list, list]:
-        data = checkpoint[LesionDataModule.__qualname__]
-        return list(data["class_names"]), list(data["feature_names"])
-
-    classes, features = identity(checkpoints[0])
-    for path, checkpoint in zip(paths[1:], checkpoints[1:]):
-        other_classes, other_features = identity(checkpoint)
-        if other_classes != classes:
-            raise ValueError(f"cannot average {paths[0]} and {path}: they predict other classes "
-                             f"({classes} vs {other_classes})")
-        if other_features != features:
-            raise ValueError(f"cannot average {paths[0]} and {path}: their metadata encoders differ "
-                             f"({len(features)} features vs {len(other_features)}; "
-                             f"only in one: {sorted(set(features) ^ set(other_features))[:6]})")
+from lightning_modules.modules.ensemble import (  # noqa: E402
+    TTA_VIEWS,
+    average_probabilities,
+    check_ensemble,
+    member_probabilities,
+)
+from lightning_modules.modules.loading import checkpoint_paths, load_module, read_checkpoint  # noqa: E402
 
 
 def predict(ckpt: str | Sequence[str], dataset: Optional[str] = None, data_dir: Optional[str] = None,
@@ -146,14 +70,8 @@ def predict(ckpt: str | Sequence[str], dataset: Optional[str] = None, data_dir: 
     else:
         first = build_datamodule(checkpoints[0], dataset, data_dir, split, batch_size, num_workers)
         records, source = first.records(split), first.hparams.dataset
-    members = []
-    for checkpoint, module in zip(checkpoints, modules):
-        # Each member with its own evaluation transform and its own fitted metadata encoder.
-        member_data = build_datamodule(checkpoint, None, None, "all", batch_size, num_workers, load_state=False)
-        encoder = MetadataEncoder.from_state_dict(checkpoint[LesionDataModule.__qualname__]["encoder"])
-        loader = member_data.records_dataloader(records, encoder, source)
-        outputs = trainer.predict(TTAPredictor(module, tta) if tta > 1 else module, dataloaders=loader)
-        members.append((torch.cat([o["index"] for o in outputs]).numpy(), torch.cat([o["probs"] for o in outputs]).numpy()))
+    members = [member_probabilities(trainer, checkpoint, module, records, source, tta, batch_size, num_workers)
+               for checkpoint, module in zip(checkpoints, modules)]  # fmt: skip
     index, probs = members[0] if len(members) == 1 else average_probabilities(members)
     if out is None:
         folder = paths[0].resolve().parent.parent if len(paths) == 1 else Path(os.path.commonpath([p.resolve() for p in paths]))

@@ -25,9 +25,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from datamodules.checkpoint_data import build_datamodule  # noqa: E402
 from datamodules.dataset import load_rgb  # noqa: E402
-from datamodules.transforms import build_transforms  # noqa: E402
-from experiments.predict import build_datamodule  # noqa: E402
 from lightning_modules.modules.loading import load_module, read_checkpoint  # noqa: E402
 from lightning_modules.protopnet.attack import paper_attack, prototype_attack  # noqa: E402
 from lightning_modules.protopnet.analysis import (  # noqa: E402
@@ -35,6 +34,8 @@ from lightning_modules.protopnet.analysis import (  # noqa: E402
     local_analysis,
     nearest_patches,
     push_record,
+    region_cell,
+    region_cells,
     region_mask,
 )
 from lightning_modules.utils.atomic_io import write_json, write_png  # noqa: E402
@@ -51,8 +52,7 @@ def load(ckpt: str):
 def prepare(datamodule, image_path: str) -> tuple[torch.Tensor, np.ndarray]:
     """The image as the network sees it (1, 3, S, S) and as a picture (S, S, 3)."""
     hp = datamodule.hparams
-    transform = build_transforms(False, hp.image_size, hp.augment, hp.normalize_mean, hp.normalize_std)
-    tensor = transform(image=load_rgb(Path(image_path)))["image"][None]
+    tensor = datamodule.eval_transform()(image=load_rgb(Path(image_path)))["image"][None]
     return tensor, denormalise(tensor, hp.normalize_mean, hp.normalize_std)[0]
 
 
@@ -108,27 +108,6 @@ def attack(ckpt: str, image: str, prototype: int, region: tuple[int, int, int, i
     path = Path(out) if out else default_out(ckpt, f"attack_{Path(image).stem}_p{prototype}_{mode}.png")
     write_png(path, attack_figure(picture, attacked, result, region))
     return result
-
-
-@torch.no_grad()
-def region_cells(net, image: torch.Tensor, region: tuple[int, int, int, int]) -> list[tuple[int, int]]:
-    """The latent cells whose centres lie in a pixel box ``(y0, y1, x0, x1)`` (at least the cell
-    under the box's centre)."""
-    h, w = net.latent(image).shape[-2:]
-    height, width = image.shape[-2:]
-    y0, y1, x0, x1 = region
-    cells = [(r, c) for r in range(h) for c in range(w)
-             if y0 <= (r + 0.5) * height / h < y1 and x0 <= (c + 0.5) * width / w < x1]  # fmt: skip
-    return cells or [region_cell(net, image, region)]
-
-
-@torch.no_grad()
-def region_cell(net, image: torch.Tensor, region: tuple[int, int, int, int]) -> tuple[int, int]:
-    """The latent cell under the centre of a pixel box ``(y0, y1, x0, x1)``."""
-    h, w = net.latent(image).shape[-2:]
-    height, width = image.shape[-2:]
-    y0, y1, x0, x1 = region
-    return min(h - 1, int((y0 + y1) / 2 * h / height)), min(w - 1, int((x0 + x1) / 2 * w / width))
 
 
 def main(argv=None) -> None:

@@ -22,9 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from datamodules.checkpoint_data import build_datamodule  # noqa: E402
 from datamodules.dataset import load_rgb  # noqa: E402
-from datamodules.transforms import build_transforms  # noqa: E402
-from experiments.predict import build_datamodule  # noqa: E402
 from lightning_modules.contracts import EmbeddingNet  # noqa: E402
 from lightning_modules.modules.loading import load_module, read_checkpoint  # noqa: E402
 from lightning_modules.utils.atomic_io import write_png  # noqa: E402
@@ -44,10 +43,8 @@ def retrieve(ckpt: str, image: str, k: int = 5, out: Optional[str] = None) -> li
         raise ValueError(f"{ckpt}: {type(module.net).__name__} does not embed images; retrieval needs an "
                          "embedding model (experiments/abe.yaml)")
     datamodule = build_datamodule(checkpoint, None, None, "train", num_workers=0)
-    hp = datamodule.hparams
     query_pixels = load_rgb(Path(image))
-    transform = build_transforms(False, hp.image_size, hp.augment, hp.normalize_mean, hp.normalize_std)
-    query = module(transform(image=query_pixels)["image"][None], torch.zeros(1, datamodule.meta_dim))
+    query = module(datamodule.eval_transform()(image=query_pixels)["image"][None], torch.zeros(1, datamodule.meta_dim))
     bank = embed_training_images(module, datamodule)
     distances, order = torch.cdist(query, bank)[0].topk(min(k, len(bank)), largest=False)
     records = datamodule.records("train")

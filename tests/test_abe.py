@@ -49,6 +49,42 @@ def test_recall_at_k_on_a_hand_made_set():
     assert recall_at_k(e, labels, groups, ks=(1,))[1] == pytest.approx(4 / 5)
 
 
+def test_recall_at_k_needs_more_than_k_images():
+    """On n images each query has n - 1 others: Recall@K for K >= n would be Recall@(n - 1) under
+    another name, so it is NaN (with a warning naming K and the split's size)."""
+    import math
+    import warnings
+
+    e = torch.tensor([[0.0], [1.0], [5.0], [6.0]])
+    labels = torch.tensor([0, 1, 0, 1])  # every nearest neighbour is of the other class
+    with pytest.warns(UserWarning, match=r"Recall@K for K in \[4, 8\] needs more than K images, and the val split has 4"):
+        r = recall_at_k(e, labels, ks=(1, 3, 4, 8), name="the val split")
+    assert r[1] == 0.0 and r[3] == 1.0 and math.isnan(r[4]) and math.isnan(r[8])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert recall_at_k(e, labels, ks=(1, 3)) == {1: 0.0, 3: 1.0}
+
+
+def test_a_nan_test_metric_is_null_in_metrics_json(tmp_path):
+    """Recall@8 of a test split of 8 images is logged as NaN; metrics.json stays valid JSON."""
+    import json
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from lightning_modules.callbacks.test_results import TestResultsWriter
+
+    writer = TestResultsWriter(str(tmp_path))
+    writer._gathered = {"index": np.arange(4), "probs": np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]),
+                        "label": np.array([0, 1, 0, 1])}  # fmt: skip
+    trainer = SimpleNamespace(is_global_zero=True, checkpoint_callback=None, ckpt_path=None,
+                              callback_metrics={"test/recall@1": torch.tensor(0.5), "test/recall@8": torch.tensor(float("nan"))})  # fmt: skip
+    module = SimpleNamespace(class_names=["a", "b"], parameters=lambda: iter([torch.zeros(3)]))
+    writer.on_test_end(trainer, module)
+    test = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))["test"]
+    assert test["recall@1"] == 0.5 and test["recall@8"] is None and test["auroc"] == 1.0
+
+
 def test_knn_probabilities():
     bank = torch.tensor([[0.0], [1.0], [5.0]])
     probs = knn_probabilities(torch.tensor([[0.1]]), bank, torch.tensor([0, 0, 1]), num_classes=2, k=2)

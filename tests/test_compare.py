@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from experiments import compare
+from experiments import compare, registry
+from experiments.net_options import ConfigError
 from tests.conftest import SMALL_SYNTHETIC
 from tests.test_experiments import REPO
 
@@ -19,6 +20,34 @@ def test_every_model_has_a_config_and_the_make_target_passes_data():
     line = subprocess.run(["make", "-n", "-W", "pyproject.toml", "compare", "DATA=pad_ufes20", "SEEDS=4 5"], cwd=REPO,
                           capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert "-m experiments.compare --seeds 4 5 -- --data.dataset=pad_ufes20" in " ".join(line.split())
+
+
+def test_the_registry_names_every_experiment_and_the_table_rows_in_order(tmp_path):
+    """One list (experiments/registry.yaml) gives compare's rows (the README table's, in its order)
+    and bench_gpu's experiments; every experiment config is in it."""
+    from experiments import bench_gpu
+
+    configs = {p.stem for p in (REPO / "experiments").glob("*.yaml")} - {"base", "registry"}
+    assert set(registry.experiments()) == configs
+    assert list(compare.MODELS) == ["image only", "concat", "MetaBlock", "AttnVGG", "soft attention (dot)",
+                                    "soft attention (general)", "soft attention (concat)", "ProtoPNet", "ABE-M (k-NN)"]
+    assert compare.MODELS["image only"] == ("experiments/metablock.yaml", ["--model.init_args.fusion=none"])
+    assert bench_gpu.CONFIGS == ("metablock", "attn_vgg", "soft_attention", "protopnet", "abe")
+    (variant,) = [v for v in registry.variants() if v.name == "soft attention (dot)"]
+    net = registry.network_config(variant)
+    assert net["class_path"] == "lightning_modules.nets.soft_attention.SoftAttentionClassifier"
+    assert net["init_args"]["scoring"] == "dot" and net["init_args"]["feature_stage"] == -2  # override on the YAML's
+
+    bad = tmp_path / "registry.yaml"
+    bad.write_text("metablock:\n  MetaBlock: []\nresnet:\n  ResNet: []\n")
+    with pytest.raises(ConfigError, match="registry.yaml: experiment 'resnet' has no config experiments/resnet.yaml"):
+        registry.variants(bad)
+    bad.write_text("metablock:\n  MetaBlock: --model.init_args.fusion=none\n")
+    with pytest.raises(ConfigError, match="MetaBlock: overrides must be a list of --key=value"):
+        registry.variants(bad)
+    bad.write_text("metablock:\n  MetaBlock: []\nabe:\n  MetaBlock: []\n")
+    with pytest.raises(ConfigError, match="the variant name 'MetaBlock' is used twice"):
+        registry.variants(bad)
 
 
 @pytest.mark.slow  # three short training runs in subprocesses

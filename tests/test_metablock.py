@@ -58,7 +58,7 @@ def test_axis_reshape_scrambles_samples_but_broadcasting_does_not():
     x = torch.randn(batch, channels, 2, 2)
     meta = torch.randn(batch, 4)
     f, g = block.f_b(meta), block.g_b(meta)
-    # The buggy public version: reshape x to (W, H, k, B) and f, g to (k, B), multiply, reshape back.
+    # The buggy public snippet (see nets/metablock.py): reshape x to (W, H, k, B) and f, g to (k, B), multiply, reshape back.
     xr = x.reshape(x.shape[3], x.shape[2], x.shape[1], x.shape[0])
     reshaped = torch.sigmoid(torch.tanh(f.reshape(channels, batch) * xr) + g.reshape(channels, batch))
     reshaped = reshaped.reshape(batch, channels, 2, 2)

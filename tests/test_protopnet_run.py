@@ -64,7 +64,7 @@ def test_push_record_and_pictures(protopnet_run):
 def test_pushed_prototypes_are_training_patches(protopnet_run, checkpoint):
     """After the last push (and last-layer optimisation only), each prototype sits at distance ~0
     from its recorded patch."""
-    from experiments.predict import build_datamodule
+    from datamodules.checkpoint_data import build_datamodule
     from lightning_modules.modules.loading import load_module
 
     module = load_module(next((protopnet_run / "checkpoints").glob("best-*.ckpt")))
@@ -135,7 +135,7 @@ def test_push_under_ddp_on_two_cpu_processes(tmp_path, synthetic_cache):
     record = json.loads((run_dir / "prototypes" / "epoch001" / "prototypes.json").read_text())["prototypes"]
     assert len(record) == 12 and all(e["image_class"] == e["class"] for e in record)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    from experiments.predict import build_datamodule
+    from datamodules.checkpoint_data import build_datamodule
     from lightning_modules.modules.loading import load_module
 
     module = load_module(run_dir / "checkpoints" / "last.ckpt")

@@ -107,7 +107,7 @@ class TestResultsWriter(L.Callback):
         for key, value in trainer.callback_metrics.items():  # loss, lesion mass, ... as logged
             name = key.split("/", 1)[1] if key.startswith("test/") else None
             if name and name not in test and not name.startswith("auroc_") and value.numel() == 1:
-                test[name] = float(value)
+                test[name] = float(value) if torch.isfinite(value) else None  # JSON has no NaN (recall@8 of 8 images)
         checkpoint = trainer.checkpoint_callback
         metrics = {
             **self.extra,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence
 
 import torch
@@ -16,12 +17,18 @@ def recall_at_k(
     labels: torch.Tensor,
     groups: Optional[torch.Tensor] = None,
     ks: Sequence[int] = (1, 2, 4, 8),
+    name: str = "the set",
 ) -> dict[int, float]:
     """Recall@K within one set: each item queries all the others, except itself and (when
     ``groups`` is given) every item of its own patient/lesion group, which would be a
     near-duplicate; a hit is a same-class item among the K nearest. Queries with nothing left to
-    retrieve are skipped."""
+    retrieve are skipped. A K that needs more images than the set has (K + 1: a query and K others)
+    is NaN, with a warning naming ``name``: on fewer it would be Recall@(n - 1) under another name."""
     n = embeddings.shape[0]
+    too_few = [k for k in ks if k > n - 1]
+    if too_few:
+        warnings.warn(f"Recall@K for K in {too_few} needs more than K images, and {name} has {n}: "
+                      "reported as NaN", stacklevel=2)  # fmt: skip
     d = neighbour_distances(embeddings, embeddings)
     excluded = torch.eye(n, dtype=torch.bool, device=d.device)
     if groups is not None:
@@ -34,11 +41,7 @@ def recall_at_k(
     nearest = d.topk(k_max, dim=1, largest=False).indices  # (n, k_max)
     reachable = torch.gather(~excluded, 1, nearest)  # excluded items never count, even if near
     hits = (labels[nearest] == labels[:, None]) & reachable
-    out = {}
-    for k in ks:
-        kk = min(k, k_max)
-        out[k] = float(hits[valid, :kk].any(dim=1).float().mean())
-    return out
+    return {k: float("nan") if k in too_few else float(hits[valid, :k].any(dim=1).float().mean()) for k in ks}
 
 
 def knn_probabilities(

@@ -11,12 +11,15 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Optional, Sequence
 
 import lightning as L
 import numpy as np
 import torch
 
+from datamodules.checkpoint_data import build_datamodule, datamodule_state, trained_encoder
+from datamodules.records import LesionRecord
 from lightning_modules.contracts import PredictsClasses
 
 TTA_VIEWS = (1, 2, 4, 8)
@@ -65,3 +68,34 @@ def average_probabilities(members: Sequence[tuple[np.ndarray, np.ndarray]]) -> t
             raise ValueError("ensemble members predicted different images")
         total += probs[order]
     return index, (total / len(members)).astype(np.float32)
+
+
+def check_ensemble(paths: Sequence[Path], checkpoints: Sequence[dict]) -> None:
+    """Refuse checkpoints whose probabilities would not mean the same thing averaged together:
+    other classes, or other metadata features (each member encodes with its own fitted encoder,
+    so folds trained on different splits combine)."""
+    def identity(checkpoint: dict) -> tuple[list, list]:
+        data = datamodule_state(checkpoint)
+        return list(data["class_names"]), list(data["feature_names"])
+
+    classes, features = identity(checkpoints[0])
+    for path, checkpoint in zip(paths[1:], checkpoints[1:]):
+        other_classes, other_features = identity(checkpoint)
+        if other_classes != classes:
+            raise ValueError(f"cannot average {paths[0]} and {path}: they predict other classes "
+                             f"({classes} vs {other_classes})")
+        if other_features != features:
+            raise ValueError(f"cannot average {paths[0]} and {path}: their metadata encoders differ "
+                             f"({len(features)} features vs {len(other_features)}; "
+                             f"only in one: {sorted(set(features) ^ set(other_features))[:6]})")
+
+
+def member_probabilities(trainer: L.Trainer, checkpoint: dict, module: PredictsClasses, records: list[LesionRecord],
+                         source: str, tta: int = 1, batch_size: Optional[int] = None,
+                         num_workers: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(index, probabilities)`` of one member on ``records`` of dataset ``source``, each image read
+    as the member was trained to: its own evaluation transform and its own fitted metadata encoder."""
+    member_data = build_datamodule(checkpoint, None, None, "all", batch_size, num_workers, load_state=False)
+    loader = member_data.records_dataloader(records, trained_encoder(checkpoint), source)
+    outputs = trainer.predict(TTAPredictor(module, tta) if tta > 1 else module, dataloaders=loader)
+    return torch.cat([o["index"] for o in outputs]).numpy(), torch.cat([o["probs"] for o in outputs]).numpy()

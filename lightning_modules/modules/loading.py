@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -35,6 +35,22 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); it may "
                               "have been truncated by an interrupted write or copy") from err
+
+
+def checkpoint_paths(ckpt: str | Path | Sequence[str | Path]) -> list[Path]:
+    """One checkpoint, several, or a folder (every ``best-*.ckpt`` below it: e.g. the folds of a
+    cross-validation)."""
+    paths: list[Path] = []
+    for item in [ckpt] if isinstance(ckpt, (str, Path)) else list(ckpt):
+        item = Path(item)
+        if item.is_dir():
+            found = sorted(item.rglob("checkpoints/best-*.ckpt"))
+            if not found:
+                raise FileNotFoundError(f"{item} holds no checkpoints/best-*.ckpt")
+            paths += found
+        else:
+            paths.append(item)
+    return paths
 
 
 def module_class(class_path: str, path: str | Path) -> type[DermModule]:

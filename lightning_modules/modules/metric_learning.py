@@ -119,11 +119,12 @@ class MetricLearningModule(DermModule):
         groups = self.data().group_ids(stage).to(index.device)[index]
         if self.trainer.sanity_checking:
             return
-        ensemble = recall_at_k(learners.flatten(1), labels, groups, RECALL_KS)
+        split = f"the {stage} split"
+        ensemble = recall_at_k(learners.flatten(1), labels, groups, RECALL_KS, name=split)
         for k, value in ensemble.items():
             self.log(f"{stage}/recall@{k}", value, prog_bar=k == 1 and stage == "val")
         for m in range(learners.shape[1]):
-            self.log(f"{stage}/recall@1_learner{m}", recall_at_k(learners[:, m], labels, groups, (1,))[1])
+            self.log(f"{stage}/recall@1_learner{m}", recall_at_k(learners[:, m], labels, groups, (1,), name=split)[1])
 
     def on_validation_epoch_end(self) -> None:  # no classification report: classes come from k-NN at test
         self._retrieval("val")

@@ -14,7 +14,8 @@ train), and its BatchNorm layers stay in train mode and keep updating their stat
 reference code does. The last layer keeps its +1 / -0.5 initialisation during warm-up and joint
 training, as in the paper. Checkpoints are selected on ``val/push_auroc``: the validation AUROC of
 epochs that ended with a push (0 otherwise), so the tested model's prototypes are real training
-patches. (The reference code picked checkpoints on the test set.)
+patches. (The reference code picked checkpoints on the test set: ``main.py`` of
+https://github.com/cfchen-duke/ProtoPNet/tree/81bf2b70cb60e4f36e25e8be386eb616b7459321.)
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class ProtoPNetModule(LesionClassifier):
                 optimisation after each push.
             activation_box: which similarity map a push record's activation box (the top 5 % of
                 the upsampled map on the source image) is taken from: ``before`` projection (the
-                prototype as it was trained, which the patch was chosen for; the reference code's
+                prototype as it was trained, which the patch was chosen for; the reference ``push.py``'s
                 choice) or ``after`` (the projected prototype, whose map peaks at its own patch).
                 Both come from the source image's latent map kept by the search pass, so drawing
                 them costs no further pass through the network.

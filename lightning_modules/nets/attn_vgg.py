@@ -8,10 +8,15 @@
     g = global average pool of x
     logits = classifier([g, g_1, g_2])
 
-Differences from a widely copied public AttnVGG notebook, on purpose: the global feature is
-pooled adaptively (its ``AvgPool2d(7)`` only fits 224 px inputs), the upsampling goes to each
-local map's real size (not a fixed x4 / x2 that again assumes 224 px), and nothing is
-``.squeeze()``d, so a batch of one keeps its batch axis.
+Differences, on purpose, from the official code
+(https://github.com/SaoYan/IPMI2019-AttnMel/tree/e214a3797a04e66647844e582ee10b4833342759, networks.py
+and train.py) and from a widely copied public notebook based on it (the Kaggle kernel "VGG16 with
+Attention" for SIIM-ISIC 2020, e.g. as copied in
+https://github.com/vaishali-vcs/melanoma_Classification/blob/4b5949c1a0183d9d5ae9e3ac147892b5e6ef59c5/3_vgg16attention.ipynb):
+the global feature is pooled adaptively (their ``AvgPool2d(7)`` only fits 224 px inputs), the
+upsampling goes to each local map's real size (not a fixed x4 / x2 that again assumes 224 px), and
+nothing is ``.squeeze()``d (the official train.py squeezes the batch's probabilities), so a batch
+of one keeps its batch axis.
 
 Stages: timm's VGG exposes features *before* each pooling, so for VGG the paper's pool-3 and
 pool-4 maps are the 1/4 and 1/8 stages max-pooled once (``pool_local_stages``, automatic for
@@ -76,8 +81,8 @@ class AttnVGG(nn.Module):
             pool_local_stages: max-pool the local stages once (automatic for ``vgg*``, whose
                 timm stages end before their pooling).
             init: ``default`` (PyTorch's initialisation of the new layers) or ``official`` (the
-                AttnMel code's: Kaiming-normal attention convolutions, zero biases, classifier
-                weights from N(0, 0.01)).
+                AttnMel code's ``reset_parameters`` in its networks.py: Kaiming-normal attention
+                convolutions, zero biases, classifier weights from N(0, 0.01)).
         """
         super().__init__()
         self.backbone = create_backbone(backbone, pretrained, weights_path)

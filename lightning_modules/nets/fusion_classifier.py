@@ -45,6 +45,7 @@ class FusionClassifier(nn.Module):
             reducer_dim: width of the optional reducer before the classifier (off by default,
                 as in the MetaBlock benchmarks).
             metablock_batch_norm: BatchNorm1d after MetaBlock's linear maps, as in the official code
+                (https://github.com/paaatcha/MetaBlock/tree/e283174409f5e5685cb871bbb9e85c26c3a53c65)
                 (off: the paper's formula, which also trains better; see ``MetaBlock``).
             metablock_groups: the official code's arrangement: pool first, then gate ``V`` groups of
                 consecutive channels (``MetaBlock(groups=V)``); default: gate every channel of the

@@ -2,8 +2,9 @@
 
     x = sigmoid( tanh( f_b(meta) * x_img ) + g_b(meta) )
 
-``f_b`` and ``g_b`` map the metadata vector to one value per image channel. A widely read
-public re-implementation reshapes ``(B, k, H, W)`` to ``(W, H, k, B)`` and back, which multiplies the
+``f_b`` and ``g_b`` map the metadata vector to one value per image channel. A PyTorch snippet in a
+widely read public review of the paper (a Korean-language blog post of 2022, section "Implement")
+reshapes ``(B, k, H, W)`` to ``(W, H, k, B)`` and back, which multiplies the
 wrong batch/channel pairs whenever ``B != k``; here the per-channel values are broadcast over
 the spatial grid (``f[:, :, None, None]``), or over the pooled vector when given ``(B, k)``.
 """
@@ -19,9 +20,11 @@ from torch import nn
 class MetaBlock(nn.Module):
     def __init__(self, meta_dim: int, channels: int, batch_norm: bool = False, groups: Optional[int] = None):
         """``f_b``/``g_b`` are the paper's single linear layers; ``batch_norm=True`` adds the
-        official code's ``BatchNorm1d`` after each.
+        official code's ``BatchNorm1d`` after each
+        (https://github.com/paaatcha/MetaBlock/blob/e283174409f5e5685cb871bbb9e85c26c3a53c65/my_models/metablock.py).
 
-        ``groups=V`` is the official code's arrangement: it gates the *pooled* vector, reshaped
+        ``groups=V`` is the official code's arrangement (its ``my_models/effnet.py``): it gates the *pooled*
+        vector, reshaped
         into ``V`` groups of ``channels / V`` consecutive channels (2048 -> 64 x 32 for ResNet-50),
         with one gate value per group (``f_b``, ``g_b``: ``meta_dim -> V``). ``None`` (ours) gates
         every channel, and works on the feature map before pooling as the paper's formula reads.

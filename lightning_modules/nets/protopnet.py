@@ -56,7 +56,9 @@ class ProtoPNet(nn.Module):
         stored for the training code (``protopnet_loss``, ``PushSearch.for_net``), where
         ``False`` means: cluster cost to the closest prototype of any class, no separation cost,
         L1 on every last-layer weight, and a push that may take patches from images of any class.
-        (The reference code's non-class-specific path crashes; here it is tested.)
+        (The reference code's non-class-specific path crashes on an undefined ``separation_cost``,
+        https://github.com/cfchen-duke/ProtoPNet/blob/81bf2b70cb60e4f36e25e8be386eb616b7459321/train_and_test.py;
+        here it is tested.)
 
         ``feature_stage`` picks the backbone stage (timm ``out_indices``, negative counts from the
         deepest). For timm VGG the last stage is pool-5, as in the paper.

@@ -6,7 +6,8 @@
     concat   score_n = v^T tanh(W_h h + W_e e_n)   (additive; = v^T tanh(W [h; e_n]))
     a = softmax_n(score),  context = sum_n a_n e_n
 
-Common public versions of these scores only work when H*W equals the hidden size (dot,
+Public PyTorch snippets of these scores (e.g. a Korean-language blog post "Image Attention 정리
+(feat. Pytorch)" for images) only work when H*W equals the hidden size (dot,
 general) or flatten the whole grid into one linear layer (concat), tying the weights to one
 image size; these score every cell with the same weights, so any grid works. Parameters get
 explicit initialisations.

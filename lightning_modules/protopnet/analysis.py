@@ -149,3 +149,24 @@ def region_mask(size: tuple[int, int], region: tuple[int, int, int, int]) -> tor
     y0, y1, x0, x1 = region
     mask[y0:y1, x0:x1] = True
     return mask
+
+
+@torch.no_grad()
+def region_cells(net, image: torch.Tensor, region: tuple[int, int, int, int]) -> list[tuple[int, int]]:
+    """The latent cells of ``net.latent(image)`` whose centres lie in a pixel box ``(y0, y1, x0, x1)``
+    of ``image`` (at least the cell under the box's centre)."""
+    h, w = net.latent(image).shape[-2:]
+    height, width = image.shape[-2:]
+    y0, y1, x0, x1 = region
+    cells = [(r, c) for r in range(h) for c in range(w)
+             if y0 <= (r + 0.5) * height / h < y1 and x0 <= (c + 0.5) * width / w < x1]  # fmt: skip
+    return cells or [region_cell(net, image, region)]
+
+
+@torch.no_grad()
+def region_cell(net, image: torch.Tensor, region: tuple[int, int, int, int]) -> tuple[int, int]:
+    """The latent cell under the centre of a pixel box ``(y0, y1, x0, x1)`` of ``image``."""
+    h, w = net.latent(image).shape[-2:]
+    height, width = image.shape[-2:]
+    y0, y1, x0, x1 = region
+    return min(h - 1, int((y0 + y1) / 2 * h / height)), min(w - 1, int((x0 + x1) / 2 * w / width))

@@ -2,7 +2,8 @@
 
     p_j <- argmin over patches z of training images (of p_j's class, if class-specific) |z - p_j|^2
 
-The reference code runs this as a Python loop over prototypes inside the loop over batches, with
+The reference code (https://github.com/cfchen-duke/ProtoPNet/blob/81bf2b70cb60e4f36e25e8be386eb616b7459321/push.py)
+runs this as a Python loop over prototypes inside the loop over batches, with
 numpy ``argmin`` per prototype (``brute_force_search`` below does the same, for tests and
 benchmarks). ``PushSearch`` keeps the running minimum of all prototypes at once with a few tensor
 ops per batch, on the device the distances live on, and its state is a plain dict of tensors, so

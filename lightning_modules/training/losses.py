@@ -45,7 +45,8 @@ def classification_loss(kind: str, class_weights: Optional[list[float]], gamma: 
 # --------------------------------------------------------------------------------------------
 # ProtoPNet costs (Chen et al. 2019). ``min_distances`` (B, m) are squared L2 distances from each
 # image's closest latent patch to each prototype; ``prototype_class_identity`` (m, K) is one-hot.
-# The reference code takes its minima as ``max_dist - max((max_dist - d) * mask)``, which is only
+# The reference code (https://github.com/cfchen-duke/ProtoPNet/blob/81bf2b70cb60e4f36e25e8be386eb616b7459321/train_and_test.py)
+# takes its minima as ``max_dist - max((max_dist - d) * mask)``, which is only
 # right while every distance stays below ``max_dist = D``; a masked minimum with +inf has no such
 # assumption and the same gradient.
 # --------------------------------------------------------------------------------------------
@@ -170,7 +171,8 @@ def contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: flo
 
 def divergence_loss(learner_embeddings: torch.Tensor, margin: float = 1.0, reduction: str = "mean") -> torch.Tensor:
     """ABE-M's divergence loss, ``max(0, m_div - ||B_p(x) - B_q(x)||^2)`` over pairs of learners
-    ``p != q`` **of the same image** (a known unofficial version wrongly pairs different images),
+    ``p != q`` **of the same image** (the paper's terms ``d(B_p(x_i), B_q(x_i))``: pairing different
+    images' embeddings, as an unofficial version might, is another loss; no official code exists),
     averaged over images and learner pairs. ``learner_embeddings``: (B, M, d).
 
     The paper writes a sum over images and pairs; the mean makes ``lambda_div`` independent of the
