@@ -48,6 +48,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps 'quantus==0.6.0'  # see pyproject.toml's dev extra
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the project with its dev extras
