@@ -51,7 +51,7 @@ def test_push_stand_in_keeps_the_references_boxes():
     batches = bench_push.synthetic_batches(12, 6, 64, 3)
     with torch.no_grad():
         outputs = [(o.distances, o.features) for o in (net(b["image"]) for b in batches)]
-    push = bench_push.ReferencePush(net, 64)
+    push = bench_push.ReferencePush(net, bench_push.reference_rf_info(net, 64))
     for batch, (distances, features) in zip(batches, outputs):
         push.update_batch(batch["image"], batch["label"], distances, features)
     records = [SimpleNamespace(image_id=f"i{i}", image_path="x", original_path="x", label=i % 3) for i in range(12)]

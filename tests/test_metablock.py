@@ -184,13 +184,13 @@ def test_resnet50_official_metablock_is_64_groups_of_32_with_ported_weights():
     """The MetaBlock benchmarks' default network (ResNet-50, ``comb_config=[64, 45]``): 2048
     pooled features = 64 groups of 32; our grouped FusionClassifier gives the official logits.
     ResNets have no head convolution, so the last stage and the final features are the same map."""
-    from lightning_modules.nets.backbones import create_backbone, feature_channels
+    from lightning_modules.nets.backbones import feature_channels
     from lightning_modules.nets.fusion_classifier import FusionClassifier
 
     torch.manual_seed(4)
     net = FusionClassifier(6, 45, backbone="resnet50", head_features=True, metablock_groups=64,
                            metablock_group_size=32, metablock_batch_norm=True)  # fmt: skip
-    assert feature_channels(net.backbone) == [2048] == feature_channels(create_backbone("resnet50", out_indices=(-1,)))
+    assert feature_channels(net.backbone) == [2048] == [net.backbone.model.feature_info[-1]["num_chs"]]  # last stage
     official = ported_official_metablock(net, 45)
     net.eval()
     image, meta = torch.randn(2, 3, 64, 64), torch.randn(2, 45)
