@@ -198,8 +198,8 @@ def paper_attack_improved(net: nn.Module, image: torch.Tensor, prototype: int, r
     clean image fired) with four changes from ``paper_attack``:
 
     - the suppressed cells are those whose latent similarity reaches the clean map's
-      ``percentile`` (``high_activation_cells``), not the cells under the upsampled map's box,
-      which at 7 x 7 covers many cells around a single peak;
+      ``percentile`` (``high_activation_cells``), not the cells under the upsampled map's
+      percentile box, a rectangle that takes in every cell between separate peaks;
     - target cells among them are left out of the suppressed mean, rather than counted as zero;
     - the random start is drawn inside the mask only (the reference adds it to the whole image
       and takes its first gradient there, though the first projection removes it outside);
@@ -283,7 +283,7 @@ def paper_attack(net: nn.Module, image: torch.Tensor, prototype: int, region_mas
     device, dtype = image.device, image.dtype
     mean_t = torch.as_tensor(mean, device=device, dtype=dtype)[:, None, None]
     std_t = torch.as_tensor(std, device=device, dtype=dtype)[:, None, None]
-    x = (image.detach() * std_t + mean_t)  # the [0, 1] picture the reference attacks
+    x = image.detach() * std_t + mean_t  # the [0, 1] picture the reference attacks
     mask = region_mask.to(device=device, dtype=dtype)[None, None]
 
     def similarity_of(pixels: torch.Tensor) -> torch.Tensor:
