@@ -1,7 +1,7 @@
 """Training images/s of every architecture on a GPU at 224 px, per precision and GPU option.
 
     python -m experiments.bench_gpu [--image-size 224] [--batch-size 64] [--steps 30] \
-        [--configs metablock attn_vgg ...] [--device cuda|cpu]
+        [--configs metablock attn_vgg ...] [--device cuda|cpu] [--no-push]
 
 Each row is a real ``Trainer.fit`` of the experiment's own config (its module, metrics,
 callbacks and loggers) over fixed batches of the experiment's own data at ``--image-size``
@@ -9,8 +9,12 @@ callbacks and loggers) over fixed batches of the experiment's own data at ``--im
 ``--trainer.precision`` (``32-true``, ``16-mixed``, ``bf16-mixed``),
 ``--model.init_args.channels_last=true`` and ``--model.init_args.compile=true``. The first
 ``--warmup`` batches (compilation, cudnn autotuning) and the epoch's last batch are not timed;
-ProtoPNet runs without its push callback (``bench_push`` times the push). DataLoader settings follow the accelerator by themselves (``pin_memory``
-when CUDA is present, ``persistent_workers`` with workers).
+ProtoPNet runs without its push callback; the push is timed after the training rows instead, by
+``bench_push`` on the same device (``--push-backbone``, ``--push-images``, ``--push-classes`` x 10
+prototypes, at ``--image-size`` and ``--batch-size``), in one line: images/s and the milliseconds
+after the forward pass, ours against the stand-in for the reference's per-batch work. DataLoader
+settings follow the accelerator by themselves (``pin_memory`` when CUDA is present,
+``persistent_workers`` with workers).
 
 Without a GPU it prints one line saying so and exits 0 (``make bench`` calls it). ``--device cpu``
 runs the same measurement on the CPU (32-true and bf16-mixed, no compile), for tests.
@@ -24,6 +28,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -31,6 +36,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from experiments import bench_push  # noqa: E402
 from experiments import registry  # noqa: E402
 from experiments.bench import FixedBatches  # noqa: E402
 from experiments.cli import DermCLI  # noqa: E402
@@ -117,6 +123,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=30, help="batches per measurement (warm-up and last included)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--push", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the ProtoPNet push on the device (bench_push)")
+    parser.add_argument("--push-backbone", default="resnet18")
+    parser.add_argument("--push-images", type=int, default=192)
+    parser.add_argument("--push-classes", type=int, default=200, help="x 10 prototypes per class")
     args = parser.parse_args(argv)
     if args.steps < args.warmup + 2:
         parser.error("--steps must leave at least one timed batch after --warmup and before the last")
@@ -140,8 +151,25 @@ def main(argv=None) -> list[dict]:
         base = own[0]["images_per_s"]
         cells = ", ".join(f"{r['variant']} {r['images_per_s']:.0f} ({r['images_per_s'] / base:.2f}x)" for r in own)
         print(f"{config:15s} images/s: {cells}")
+    if args.push:
+        rows.append(push_row(args))
     print(json.dumps(rows))
     return rows
+
+
+def push_row(args) -> dict:
+    """The ProtoPNet push on the device (``bench_push.measure``), printed as one line."""
+    options = SimpleNamespace(device=args.device, backbone=args.push_backbone, images=args.push_images,
+                              image_size=args.image_size, batch_size=args.batch_size, prototypes_per_class=10,
+                              prototype_dim=128, repeats=2, pictures=False)  # fmt: skip
+    r = bench_push.measure(args.push_classes, options)
+    print(f"push ({args.push_backbone}, {r['prototypes']} prototypes, {r['images']} images at {args.image_size}px, "
+          f"fp32): ours {r['push_images_per_s']:.1f} images/s, {r['after_forward_ms']:.0f} ms after the forward; "
+          f"stand-in for the reference {r['reference_push_images_per_s']:.1f} images/s, "
+          f"{r['reference_after_forward_ms']:.0f} ms after the forward ({r['after_forward_speedup']:.1f}x); "
+          f"bare forward {r['forward_images_per_s']:.1f} images/s; same prototypes: "
+          f"{'yes' if r['same_prototypes_as_reference'] else 'NO'}")
+    return {"config": "protopnet push", "variant": "fp32", "images_per_s": r["push_images_per_s"], **r}
 
 
 if __name__ == "__main__":

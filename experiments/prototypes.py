@@ -5,10 +5,12 @@
     python -m experiments.prototypes nearest --ckpt CKPT [--k 5] [--out FIG.png]
         global analysis: each prototype's k nearest training patches
     python -m experiments.prototypes attack --ckpt CKPT --image IMG --prototype J \
-        --region Y0 Y1 X0 X1 [--objective paper|cell] [--mode raise|lower] [--epsilon 0.03] [--steps 40]
+        --region Y0 Y1 X0 X1 [--objective paper|paper_improved|cell] [--mode raise|lower] [--epsilon 0.03] [--steps 40]
         "this does not look like that": PGD inside the region (pixels of the resized image); the
         paper's objective makes prototype J fire over the region while suppressing where it fired
-        on the clean image; ``cell`` raises one cell (or lowers it where it fires, ``--mode lower``)
+        on the clean image, exactly as the paper's code (``paper``) or with the changes
+        ``attack.paper_attack_improved`` lists (``paper_improved``); ``cell`` raises one cell (or
+        lowers it where it fires, ``--mode lower``)
 
 Figures go next to the checkpoint's run folder unless ``--out`` says otherwise.
 """
@@ -28,7 +30,7 @@ import torch  # noqa: E402
 from datamodules.checkpoint_data import build_datamodule  # noqa: E402
 from datamodules.dataset import load_rgb  # noqa: E402
 from lightning_modules.modules.loading import load_module, read_checkpoint  # noqa: E402
-from lightning_modules.protopnet.attack import paper_attack, prototype_attack  # noqa: E402
+from lightning_modules.protopnet.attack import paper_attack, paper_attack_improved, prototype_attack  # noqa: E402
 from lightning_modules.protopnet.analysis import (  # noqa: E402
     attack_figure,
     local_analysis,
@@ -85,25 +87,28 @@ def nearest(ckpt: str, k: int = 5, out: str | None = None) -> dict:
 def attack(ckpt: str, image: str, prototype: int, region: tuple[int, int, int, int], mode: str = "raise",
            epsilon: float = 8 / 255, steps: int = 40, out: str | None = None, objective: str = "paper",
            seed: int = 0):
-    """``objective="paper"``: the paper's attack (raise the prototype over every cell under the
-    region, suppress where it fired on the clean image, random start, 2/255 steps); ``"cell"``:
+    """``objective="paper"``: the paper's attack as its code runs it (raise the prototype over every
+    cell under the region, suppress where it fired on the clean image, random start, 2/255 steps,
+    last iterate); ``"paper_improved"``: the same objective with ``paper_attack_improved``'s
+    changes (latent-percentile suppression, masked start, best iterate); ``"cell"``:
     raise it at the one cell under the region's centre (``mode="raise"``) or lower it where it
     fires most (``"lower"``), from the clean image."""
     _, module, datamodule = load(ckpt)
     tensor, picture = prepare(datamodule, image)
     hp = datamodule.hparams
     mask = region_mask(tensor.shape[-2:], region)
-    if objective == "paper":
+    if objective in ("paper", "paper_improved"):
         if mode != "raise":
             raise ValueError("the paper's objective raises the prototype; use objective='cell' to lower it")
-        result = paper_attack(module.net, tensor, prototype, mask, region_cells(module.net, tensor, region),
-                              epsilon=epsilon, steps=steps, seed=seed, mean=hp.normalize_mean, std=hp.normalize_std)
+        run = paper_attack if objective == "paper" else paper_attack_improved
+        result = run(module.net, tensor, prototype, mask, region_cells(module.net, tensor, region),
+                     epsilon=epsilon, steps=steps, seed=seed, mean=hp.normalize_mean, std=hp.normalize_std)
     elif objective == "cell":
         target = region_cell(module.net, tensor, region) if mode == "raise" else None
         result = prototype_attack(module.net, tensor, prototype, mask, target, mode=mode, epsilon=epsilon,
                                   steps=steps, mean=hp.normalize_mean, std=hp.normalize_std)  # fmt: skip
     else:
-        raise ValueError(f"objective must be 'paper' or 'cell', got {objective!r}")
+        raise ValueError(f"objective must be 'paper', 'paper_improved' or 'cell', got {objective!r}")
     attacked = denormalise(result.image, hp.normalize_mean, hp.normalize_std)[0]
     path = Path(out) if out else default_out(ckpt, f"attack_{Path(image).stem}_p{prototype}_{mode}.png")
     write_png(path, attack_figure(picture, attacked, result, region))
@@ -127,11 +132,13 @@ def main(argv=None) -> None:
     p.add_argument("--image", required=True)
     p.add_argument("--prototype", type=int, required=True)
     p.add_argument("--region", type=int, nargs=4, required=True, metavar=("Y0", "Y1", "X0", "X1"))
-    p.add_argument("--objective", choices=["paper", "cell"], default="paper",
-                   help="paper: raise over the region's cells minus the clean high-activation cells, random "
-                        "start, 2/255 steps; cell: one cell, from the clean image")
+    p.add_argument("--objective", choices=["paper", "paper_improved", "cell"], default="paper",
+                   help="paper: the paper's attack as its code runs it (raise over the region's cells minus the "
+                        "cells under the clean high-activation box, whole-image random start, 2/255 steps, last "
+                        "iterate); paper_improved: latent-percentile suppression, masked start, best iterate; "
+                        "cell: one cell, from the clean image")
     p.add_argument("--mode", choices=["raise", "lower"], default="raise", help="with --objective cell")
-    p.add_argument("--seed", type=int, default=0, help="the random start of the paper's objective")
+    p.add_argument("--seed", type=int, default=0, help="the random start of the paper objectives")
     p.add_argument("--epsilon", type=float, default=8 / 255, help="L-inf budget in [0, 1] pixel units")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--out")

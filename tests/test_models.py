@@ -34,6 +34,22 @@ def test_backbone_loads_a_local_weights_file(tmp_path):
         create_backbone("resnet10t", weights_path=str(tmp_path / "missing.pth"))
 
 
+def test_head_features_are_the_final_map_after_the_head_convolution(tmp_path):
+    """``head_features``: timm's ``forward_features`` map (test_efficientnet's head convolution
+    widens its last stage), with a matching ``feature_info``; local weights load the same way."""
+    stage = create_backbone("test_efficientnet", out_indices=(-1,))
+    final = create_backbone("test_efficientnet", head_features=True)
+    (c, h, w), = feature_shapes(final, 64)
+    assert feature_channels(final) == [c] == [final.model.num_features] and c > feature_channels(stage)[0]
+    assert h == w == 64 // final.feature_info.reduction()[-1]
+    source = timm.create_model("resnet10t", pretrained=False)
+    torch.save(source.state_dict(), tmp_path / "resnet10t.pth")
+    loaded = create_backbone("resnet10t", weights_path=str(tmp_path / "resnet10t.pth"), head_features=True)
+    assert torch.equal(loaded.model.conv1[0].weight, source.conv1[0].weight)
+    with pytest.raises(ValueError, match="out_indices"):
+        create_backbone("resnet10t", out_indices=(1,), head_features=True)
+
+
 def test_fusion_switches():
     torch.manual_seed(0)
     image, meta = torch.randn(3, 3, 32, 32), torch.randn(3, 7)

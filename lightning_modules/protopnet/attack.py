@@ -1,13 +1,16 @@
 """"This Does Not Look Like That" (Hoffmann et al., 2021): a small perturbation confined to a
 region of the image changes how strongly a ProtoPNet prototype fires.
 
-Projected gradient descent with sign steps (Madry et al. 2018) on the prototype's similarity,
-either at a chosen feature-map cell or at its best cell, or (the paper's first attack,
-``paper_attack``) on the mean similarity over a *set* of target cells minus the mean similarity
-over the clean image's high-activation cells, from a uniform random start inside the budget. After every step the perturbation is
-projected onto three sets at once: the L-inf ball of radius ``epsilon``, the region mask (zero
-outside it) and the valid pixel range [0, 1]. The published notebook references variables it never
-defines; this is a clean re-derivation from the paper's description.
+Projected gradient descent with sign steps (Madry et al. 2018) on the prototype's similarity:
+
+- ``paper_attack``: the paper's first attack exactly as its code runs it (``pgd`` and
+  ``similarity_score`` in ``src/utils/attack1.py`` of
+  https://github.com/fanconic/this-does-not-look-like-that at commit
+  77c0e99d61db882fd8c7bb0eb2ddb4e46179556b): raise the mean similarity over a rectangle of
+  target cells minus the mean similarity over the cells under the clean image's high-activation
+  box, from a uniform random start on the whole image, and return the last iterate;
+- ``paper_attack_improved``: the same objective with four deliberate changes (its docstring);
+- ``prototype_attack``: one cell (or the best cell), raised or lowered from the clean image.
 
 Units: ``epsilon``, ``step_size``, the returned perturbation and its norms are in [0, 1] pixel
 units (``8 / 255`` is a typical budget), not in normalised units, whose scale differs per channel.
@@ -23,6 +26,8 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from lightning_modules.protopnet.pictures import activation_box, upsample_map
+
 
 @dataclass
 class AttackResult:
@@ -36,8 +41,10 @@ class AttackResult:
     similarity_map_after: torch.Tensor
     linf: float
     l2: float
-    suppressed_before: Optional[float] = None  # mean similarity over the suppressed cells (paper objective)
+    suppressed_before: Optional[float] = None  # the paper objective's suppressed term (see each attack)
     suppressed_after: Optional[float] = None
+    target_cells: Optional[list[tuple[int, int]]] = None  # the paper objective's cells
+    suppressed_cells: Optional[list[tuple[int, int]]] = None
 
 
 def _similarity_map(net: nn.Module, image: torch.Tensor, prototype: int) -> torch.Tensor:
@@ -182,14 +189,23 @@ def high_activation_cells(similarity: torch.Tensor, percentile: float = 95.0) ->
     return [tuple(c) for c in torch.nonzero(similarity >= threshold).tolist()]
 
 
-def paper_attack(net: nn.Module, image: torch.Tensor, prototype: int, region_mask: torch.Tensor,
-                 target_cells: Sequence[tuple[int, int]], epsilon: float = 8 / 255, steps: int = 40,
-                 step_size: float = 2 / 255, percentile: float = 95.0, seed: int = 0,
-                 mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD) -> AttackResult:
-    """"This Does Not Look Like That"'s first attack: inside ``region_mask``, maximise the mean
-    similarity over ``target_cells`` minus the mean similarity over the clean image's
-    high-activation cells (those not among the targets), from a uniform random start, with
-    ``step_size`` 2/255 sign steps within an L-inf budget of 8/255."""
+def paper_attack_improved(net: nn.Module, image: torch.Tensor, prototype: int, region_mask: torch.Tensor,
+                          target_cells: Sequence[tuple[int, int]], epsilon: float = 8 / 255, steps: int = 40,
+                          step_size: float = 2 / 255, percentile: float = 95.0, seed: int = 0,
+                          mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+                          std: Sequence[float] = IMAGENET_DEFAULT_STD) -> AttackResult:
+    """The paper's objective (raise the mean similarity over ``target_cells``, lower it where the
+    clean image fired) with four changes from ``paper_attack``:
+
+    - the suppressed cells are those whose latent similarity reaches the clean map's
+      ``percentile`` (``high_activation_cells``), not the cells under the upsampled map's
+      percentile box, a rectangle that takes in every cell between separate peaks;
+    - target cells among them are left out of the suppressed mean, rather than counted as zero;
+    - the random start is drawn inside the mask only (the reference adds it to the whole image
+      and takes its first gradient there, though the first projection removes it outside);
+    - the best iterate is returned (never worse than the start), not the last.
+
+    ``suppressed_before``/``after`` are the mean similarity over the suppressed cells."""
     with torch.no_grad():
         was_training = net.training
         net.eval()
@@ -197,6 +213,123 @@ def paper_attack(net: nn.Module, image: torch.Tensor, prototype: int, region_mas
         net.train(was_training)
     targets = [tuple(c) for c in target_cells]
     suppressed = [c for c in high_activation_cells(clean, percentile) if c not in targets]
-    return prototype_attack(net, image, prototype, region_mask, list(targets), mode="raise", epsilon=epsilon,
-                            steps=steps, step_size=step_size, mean=mean, std=std, suppress_cells=suppressed,
-                            random_start=True, seed=seed)  # fmt: skip
+    result = prototype_attack(net, image, prototype, region_mask, list(targets), mode="raise", epsilon=epsilon,
+                              steps=steps, step_size=step_size, mean=mean, std=std, suppress_cells=suppressed,
+                              random_start=True, seed=seed)  # fmt: skip
+    result.target_cells, result.suppressed_cells = targets, suppressed
+    return result
+
+
+def cell_rectangle(cells: Sequence[tuple[int, int]], grid: tuple[int, int]) -> list[tuple[int, int]]:
+    """Every cell of the rectangle spanned by ``cells``, clipped to the ``grid`` (as the reference's
+    ``get_all_xy`` turns its target locations into cells)."""
+    rows, cols = zip(*cells)
+    r0, r1 = max(min(rows), 0), min(max(rows) + 1, grid[0])
+    c0, c1 = max(min(cols), 0), min(max(cols) + 1, grid[1])
+    return [(r, c) for r in range(r0, r1) for c in range(c0, c1)]
+
+
+def box_cells(similarity: torch.Tensor, image_size: tuple[int, int], percentile: float = 95.0) -> list[tuple[int, int]]:
+    """The cells the reference attack suppresses: the clean similarity map upsampled bicubically
+    to the image (``upsample_map``: the same a = -0.75 kernel as the reference's ``cv2.resize``
+    with ``INTER_CUBIC``, equal to float rounding), the box of its top ``100 - percentile`` %
+    (``activation_box``, its ``find_high_activation_crop``), each edge divided by the cell size
+    ``image // grid`` and the end row and column *included* (so a box ending on a cell boundary
+    takes the next row or column too), clipped to the grid."""
+    h, w = similarity.shape
+    y0, y1, x0, x1 = activation_box(upsample_map(similarity.detach(), image_size), percentile)
+    step_h, step_w = image_size[0] // h, image_size[1] // w
+    rows = range(y0 // step_h, min(y1 // step_h + 1, h))
+    cols = range(x0 // step_w, min(x1 // step_w + 1, w))
+    return [(r, c) for r in rows for c in cols]
+
+
+def _paper_terms(similarity: torch.Tensor, targets: list[tuple[int, int]],
+                 suppressed: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference objective's two means: over the targets, and over the suppressed cells of
+    the map with the targets set to zero (a target inside the box counts as 0 in that mean)."""
+    rows, cols = map(list, zip(*targets))
+    raised = similarity[rows, cols].mean()
+    zeroed = similarity.clone()
+    zeroed[rows, cols] = 0
+    s_rows, s_cols = map(list, zip(*suppressed))
+    return raised, zeroed[s_rows, s_cols].mean()
+
+
+def paper_attack(net: nn.Module, image: torch.Tensor, prototype: int, region_mask: torch.Tensor,
+                 target_cells: Sequence[tuple[int, int]], epsilon: float = 8 / 255, steps: int = 40,
+                 step_size: float = 2 / 255, percentile: float = 95.0, seed: int = 0,
+                 mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD) -> AttackResult:
+    """"This Does Not Look Like That"'s first attack, step for step as its ``pgd`` (module
+    docstring): on the [0, 1] image ``x`` (``image`` is normalised with ``mean``/``std``),
+
+        targets    = the rectangle spanned by ``target_cells``          (``cell_rectangle``)
+        suppressed = the cells under the clean map's percentile box     (``box_cells``)
+        objective  = mean(s[targets]) - mean(s'[suppressed]),  s' = s with the targets set to 0
+        x_adv      = clamp(x + U(-epsilon, epsilon), 0, 1)       (whole image; seeded by ``seed``)
+        ``steps`` times: x_adv += step_size * sign(grad objective) * mask
+                         x_adv  = clamp(x + clamp(x_adv - x, -epsilon, epsilon) * mask, 0, 1)
+
+    and the last iterate is the result. ``region_mask`` (H, W) is where pixels may change.
+    ``suppressed_before``/``after`` are the objective's second term. The reference's similarity
+    function also has a ``linear`` activation branch that uses an undefined ``max_dist``; ProtoPNet's
+    ``log`` activation, the only one this network has, is what it computes. Where the reference
+    draws its start from the global CUDA generator, a CPU generator seeded with ``seed`` draws it
+    here, so that a run can be repeated."""
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError(f"image must be (1, C, H, W), got {tuple(image.shape)}")
+    if region_mask.shape != image.shape[-2:]:
+        raise ValueError(f"region_mask {tuple(region_mask.shape)} does not match the image {tuple(image.shape[-2:])}")
+    device, dtype = image.device, image.dtype
+    mean_t = torch.as_tensor(mean, device=device, dtype=dtype)[:, None, None]
+    std_t = torch.as_tensor(std, device=device, dtype=dtype)[:, None, None]
+    x = image.detach() * std_t + mean_t  # the [0, 1] picture the reference attacks
+    mask = region_mask.to(device=device, dtype=dtype)[None, None]
+
+    def similarity_of(pixels: torch.Tensor) -> torch.Tensor:
+        return _similarity_map(net, (pixels - mean_t) / std_t, prototype)
+
+    training = {m: m.training for m in net.modules()}
+    net.eval()
+    try:
+        with torch.no_grad():
+            clean = similarity_of(x)
+        targets = cell_rectangle([tuple(c) for c in target_cells], tuple(clean.shape))
+        suppressed = box_cells(clean, tuple(image.shape[-2:]), percentile)
+        generator = torch.Generator().manual_seed(seed)
+        start = torch.empty(x.shape, dtype=dtype).uniform_(-epsilon, epsilon, generator=generator).to(device)
+        x_adv = torch.clamp(x + start, 0.0, 1.0)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            raised, lowered = _paper_terms(similarity_of(x_adv), targets, suppressed)
+            (grad,) = torch.autograd.grad(-(raised - lowered), x_adv)
+            with torch.no_grad():
+                x_adv = x_adv - step_size * grad.sign() * mask
+                x_adv = x + torch.clamp(x_adv - x, min=-epsilon, max=epsilon) * mask
+                x_adv = torch.clamp(x_adv, 0.0, 1.0)
+        x_adv = x_adv.detach()
+        with torch.no_grad():
+            after = similarity_of(x_adv)
+    finally:
+        for m, was_training in training.items():
+            m.training = was_training
+
+    perturbation = x_adv - x
+    raised_before, lowered_before = _paper_terms(clean, targets, suppressed)
+    raised_after, lowered_after = _paper_terms(after, targets, suppressed)
+    return AttackResult(
+        image=((x_adv - mean_t) / std_t).detach(),
+        perturbation=perturbation,
+        similarity_before=float(raised_before),
+        similarity_after=float(raised_after),
+        cell_before=targets[0],
+        cell_after=targets[0],
+        similarity_map_before=clean,
+        similarity_map_after=after,
+        linf=float(perturbation.abs().max()),
+        l2=float(perturbation.flatten().norm()),
+        suppressed_before=float(lowered_before),
+        suppressed_after=float(lowered_after),
+        target_cells=targets,
+        suppressed_cells=suppressed,
+    )

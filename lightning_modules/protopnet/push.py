@@ -4,8 +4,8 @@
 
 The reference code (https://github.com/cfchen-duke/ProtoPNet/blob/81bf2b70cb60e4f36e25e8be386eb616b7459321/push.py)
 runs this as a Python loop over prototypes inside the loop over batches, with
-numpy ``argmin`` per prototype (``brute_force_search`` below does the same, for tests and
-benchmarks). ``PushSearch`` keeps the running minimum of all prototypes at once with a few tensor
+numpy ``argmin`` per prototype (``brute_force_search`` below does the same, for tests;
+``experiments/bench_push.py`` times a stand-in for its whole per-batch work). ``PushSearch`` keeps the running minimum of all prototypes at once with a few tensor
 ops per batch, on the device the distances live on, and its state is a plain dict of tensors, so
 it can be merged across DDP processes and stored in a checkpoint.
 
@@ -342,12 +342,10 @@ def brute_force_search(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
     prototype_class_identity: torch.Tensor,
     class_specific: bool = True,
-    on_improvement: Optional[Callable[[int, int, int, np.ndarray], None]] = None,
 ) -> PushResult:
     """The reference algorithm: for each batch ``(distances, features, labels, image_indices)``,
     for each prototype, numpy ``argmin`` over the eligible images; replace on a strict
-    improvement, calling ``on_improvement(j, h, w, distance_map)`` (the benchmark does the
-    reference's per-improvement box work there). Slow; for tests and benchmarks only."""
+    improvement. Slow; for tests only."""
     identity = np.asarray(torch.as_tensor(prototype_class_identity).detach().cpu())
     m = identity.shape[0]
     best = np.full(m, np.inf, dtype=np.float32)
@@ -375,8 +373,6 @@ def brute_force_search(
                 best[j] = dj[r, h, w]
                 image[j], rows_h[j], cols_w[j] = indices[rows[r]], h, w
                 latent[j] = z[rows[r], :, h, w]
-                if on_improvement is not None:
-                    on_improvement(j, int(h), int(w), dj[r])
     if latent is None:
         latent = np.zeros((m, 0), dtype=np.float32)
     return PushResult(
