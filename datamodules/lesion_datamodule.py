@@ -28,7 +28,7 @@ from datamodules.image_cache import apply_cache, find_cache
 from datamodules.metadata import MetadataEncoder
 from datamodules.records import DatasetError, LesionRecord, LesionTable
 from datamodules.samplers import ClassBalancedBatchSampler, SeededSampler
-from datamodules.seeding import TrainPosition, run_seed, seed_transform, training_position
+from datamodules.seeding import TrainPosition, run_seed, seed_transform
 from datamodules.sources import DATASETS, read_table
 from datamodules.splits import SPLITS, split_indices
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
@@ -231,6 +231,10 @@ class LesionDataModule(L.LightningDataModule):
                           persistent_workers=hp.num_workers > 0, pin_memory=torch.cuda.is_available(),
                           generator=self._loader_generator())
 
+    def resume_training_at(self, position: TrainPosition) -> None:
+        """Start the training sampler at ``position`` (a resumed run's, from its checkpoint)."""
+        self._resume_at = position
+
     def _resume_position(self) -> TrainPosition:
         """The (epoch, batches done) to start from: a resumed run's, from the checkpoint, else the
         trainer's epoch. Read when the training loader is made, which Lightning does once, after
@@ -322,9 +326,6 @@ class LesionDataModule(L.LightningDataModule):
             "class_names": self.class_names,
             "feature_names": self.encoder.feature_names,
         }
-        position = training_position(self.trainer)
-        if position is not None:  # where a resumed run's sampler starts
-            state["train_position"] = list(position)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -333,8 +334,8 @@ class LesionDataModule(L.LightningDataModule):
                 f"checkpoint was trained on classes {state['class_names']}, "
                 f"but {self.hparams.dataset} has {self.class_names}"
             )
-        if "train_position" in state:
-            self._resume_at = TrainPosition(*state["train_position"])
+        if "train_position" in state:  # older checkpoints; newer ones carry it beside (EpochSeeds)
+            self.resume_training_at(TrainPosition(*state["train_position"]))
         encoder = state["encoder"]
         self.table.split_features(list(encoder["numeric"]) + list(encoder["categorical"]))  # columns exist?
         if "encoder" in self.__dict__:
