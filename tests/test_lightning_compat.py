@@ -252,9 +252,10 @@ def test_the_csv_logger_appends_to_an_existing_metrics_csv(tmp_path):
 
 
 # Names of Lightning's and torchmetrics' internals the project touches; only lightning_compat may.
-INTERNALS = re.compile(r"\._(trainer|signal_connector|results|update_count|defaults|computed|should_save_on_train_epoch_end"
-                       r"|should_skip_saving_checkpoint|save_last_checkpoint|monitor_candidates|check_log_dir_exists"
-                       r"|experiment|fs)\b|\.(epoch_progress|batch_progress|restarted_mid_epoch)\b")
+INTERNALS = re.compile(r"\._(trainer|signal_connector|results|update_count|defaults|computed"
+                       r"|should_save_on_train_epoch_end|should_skip_saving_checkpoint|save_last_checkpoint"
+                       r"|monitor_candidates|check_log_dir_exists|experiment|fs)\b"
+                       r"|\.(epoch_progress|batch_progress|restarted_mid_epoch)\b")
 
 
 def test_no_other_module_touches_lightning_internals():

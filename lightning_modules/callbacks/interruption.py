@@ -50,7 +50,7 @@ class ResumableInterruption(OnExceptionCheckpoint):
         self.resume_command = resume_command
         self.stopped_by: str | None = None  # "SIGTERM" or "Ctrl-C" once a held signal stops the run
         self._held: list[str] = []
-        self._holding_through = ""  # what the held signals wait for, for the Ctrl-C message
+        self._ctrl_c_message = ""  # what the held signals wait for, and what stopping at once loses
         self._handlers: dict[int, object] = {}
         self._held_through_sanity_check: list[str] | None = None  # decided on in on_train_start
 
@@ -58,18 +58,18 @@ class ResumableInterruption(OnExceptionCheckpoint):
 
     @property
     def holding(self) -> bool:
-        """Whether a signal is being held until the running validation has finished."""
+        """Whether a signal is being held until the running validation or sanity check has finished."""
         return bool(self._held)
 
     @staticmethod
     def _validating_an_epoch(trainer: L.Trainer) -> bool:
         return trainer.state.fn == TrainerFn.FITTING and trainer.validating and not trainer.sanity_checking
 
-    def _hold_signals(self, trainer: L.Trainer, through: str) -> None:
-        if trainer.received_sigterm:  # arrived just before (with the epoch's last training batch)
+    def _hold_signals(self, trainer: L.Trainer, until: str, losing: str = "") -> None:
+        if trainer.received_sigterm:  # arrived just before (with the epoch's last training batch, or in setup)
             set_received_sigterm(trainer, False)  # Lightning would act on it inside validation
             self._held.append("SIGTERM")
-        self._holding_through = through
+        self._ctrl_c_message = f"Ctrl-C: stopping once {until} has finished (press again to stop now{losing})"
         self._handlers = {signal.SIGTERM: signal.getsignal(signal.SIGTERM),
                           signal.SIGINT: signal.getsignal(signal.SIGINT)}  # fmt: skip
         signal.signal(signal.SIGTERM, self._hold)
@@ -79,9 +79,7 @@ class ResumableInterruption(OnExceptionCheckpoint):
         if signum == signal.SIGINT:
             if "Ctrl-C" in self._held:
                 raise KeyboardInterrupt  # the second one: stop now
-            print(f"\nCtrl-C: stopping once {self._holding_through} has finished (press again to stop now"
-                  f"{', losing the epoch' if 'epoch' in self._holding_through else ''})",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(f"\n{self._ctrl_c_message}", file=sys.stderr, flush=True)
         self._held.append("SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
 
     def _release_signals(self) -> list[str]:
@@ -117,7 +115,7 @@ class ResumableInterruption(OnExceptionCheckpoint):
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._validating_an_epoch(trainer):
-            self._hold_signals(trainer, "this epoch's validation")
+            self._hold_signals(trainer, "this epoch's validation", losing=", losing the epoch")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._handlers or not self._validating_an_epoch(trainer):
