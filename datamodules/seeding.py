@@ -9,15 +9,15 @@ epoch, and where in it a run stopped, is all a resume needs to know.
 - ``SampleKey``: what the training samplers yield, an index with its own augmentation seed; the
   dataset seeds the transform with it, in whichever DataLoader worker the item lands (so the
   number of workers changes nothing).
-- ``training_position``: where a run stands (next epoch, batches of it done), stored in the
-  datamodule's checkpoint state so the sampler skips what was trained before an interruption.
+- ``TrainPosition``: where a run stands (next epoch, batches of it done), stored in checkpoints
+  so the sampler skips what was trained before an interruption.
 """
 
 from __future__ import annotations
 
 import os
 import random
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -60,32 +60,6 @@ def seed_transform(transform, seed: int) -> None:
     transpose, the vertical and the horizontal flip (each p=0.5) fire together or not at all.
     """
     transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
-
-
-def training_position(trainer) -> Optional[TrainPosition]:
-    """Where a fitting ``trainer`` stands, for a checkpoint written now; ``None`` outside fitting.
-
-    A checkpoint written at the end of an epoch (``last.ckpt``, after validation) resumes with
-    the next epoch; one written mid-epoch (``interrupted.ckpt``) resumes inside its epoch, after
-    the batches already trained. Lightning counts a batch whose ``on_train_batch_end`` has run as
-    trained, and so does ``processed`` here.
-    """
-    from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
-
-    if trainer is None or trainer.state.fn != TrainerFn.FITTING:
-        return None
-    if trainer.state.status not in (TrainerStatus.RUNNING, TrainerStatus.INTERRUPTED):  # interrupted.ckpt
-        return None
-    epochs = trainer.fit_loop.epoch_progress.current
-    # Between epochs: the next has not begun (on_train_epoch_start), or the last has ended (a
-    # SIGTERM acted on after the epoch's end). ``current_epoch`` counts the ended epochs.
-    if epochs.started < epochs.ready or epochs.completed == epochs.ready:
-        return TrainPosition(trainer.current_epoch, 0)
-    done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
-    total = trainer.num_training_batches
-    if done >= total:
-        return TrainPosition(trainer.current_epoch + 1, 0)
-    return TrainPosition(trainer.current_epoch, done)
 
 
 def rng_states() -> dict:

@@ -2,43 +2,22 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import secrets
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from lightning_modules.lightning_compat import AppendingCSVLogger
 from lightning_modules.utils.atomic_io import atomic_write
-
-
-class _AppendingWriter(ExperimentWriter):
-    """Lightning's writer deletes an existing ``metrics.csv``; a resumed run must keep the epochs
-    logged before the interruption, so this one adopts the file's header and appends."""
-
-    def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as handle:
-                self.metrics_keys = list(next(csv.reader(handle), []))
-
-
-class ResumableCSVLogger(CSVLogger):
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
 
 
 def make_csv_logger(run_dir: Path) -> CSVLogger:
     """Writes ``<run_dir>/metrics.csv`` and ``hparams.yaml`` (and makes ``trainer.log_dir`` the run
-    folder, so the resolved ``config.yaml`` lands there too)."""
-    return ResumableCSVLogger(save_dir=str(run_dir), name="", version="")
+    folder, so the resolved ``config.yaml`` lands there too). Appends: a resumed run keeps the
+    epochs logged before its interruption."""
+    return AppendingCSVLogger(save_dir=str(run_dir), name="", version="")
 
 
 def is_global_rank_zero() -> bool:

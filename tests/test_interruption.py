@@ -119,13 +119,32 @@ def test_a_signal_at_an_epochs_end_stops_after_it_and_resumes_into_the_same_run(
     process, marker = start_paused_run(tmp_path, synthetic_cache, step=4, hook=hook)  # epoch 0's last batch
     run_dir, interrupted = interrupt(process, sig, code, tmp_path)
     state = torch.load(interrupted, map_location="cpu", weights_only=True)
-    assert state["global_step"] == 4 and state["LesionDataModule"]["train_position"] == [1, 0]
+    assert state["global_step"] == 4 and state["train_position"] == [1, 0]
     with open(run_dir / "metrics.csv") as handle:
         assert [int(r["epoch"]) for r in csv.DictReader(handle) if r.get("val/auroc")] == [0]
     train(["--config", str(REPO / "experiments" / "metablock.yaml"), f"--resume={interrupted}",
            "--trainer.enable_progress_bar=false"])  # fmt: skip
     with open(run_dir / "metrics.csv") as handle:
         assert [int(r["epoch"]) for r in csv.DictReader(handle) if r.get("val/auroc")] == [0, 1, 2]
+    assert_same_run(uninterrupted, run_dir, test=False)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 1)],
+                         ids=["sigterm", "ctrl-c"])
+def test_a_signal_in_the_sanity_check_stops_before_training_and_resumes_into_the_same_run(sig, code, uninterrupted,
+                                                                                         tmp_path, synthetic_cache):
+    """Held like one in validation: the sanity check ends, the run stops before its first batch
+    with a checkpoint of the untrained model, and the resume is the uninterrupted run."""
+    process, marker = start_paused_run(tmp_path, synthetic_cache, step=0, hook="sanity_check")
+    assert marker.read_text() == "0 0"  # its first batch of two
+    run_dir, interrupted = interrupt(process, sig, code, tmp_path)
+    assert Path(f"{marker}.sanity-check-ended").exists()
+    state = torch.load(interrupted, map_location="cpu", weights_only=True)
+    assert (state["epoch"], state["global_step"], state["train_position"]) == (0, 0, [0, 0])
+    assert "mid_epoch_metrics" not in state
+    assert not (run_dir / "metrics.csv").exists() or "val/auroc" not in (run_dir / "metrics.csv").read_text()
+    train(["--config", str(REPO / "experiments" / "metablock.yaml"), f"--resume={interrupted}",
+           "--trainer.enable_progress_bar=false"])  # fmt: skip
     assert_same_run(uninterrupted, run_dir, test=False)
 
 
@@ -146,6 +165,22 @@ def test_a_second_ctrl_c_in_validation_stops_at_once_and_points_at_last_ckpt(tmp
            f"make train EXP=metablock RESUME={last}" in err
     assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()
     assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0
+
+
+def test_a_second_ctrl_c_in_the_sanity_check_stops_at_once_and_leaves_no_run(tmp_path, synthetic_cache):
+    """Nothing was trained and the sanity check cannot be resumed from its middle: no checkpoint,
+    a message that says so, and (as for any run that fails before training) no run folder."""
+    process, marker = start_paused_run(tmp_path, synthetic_cache, step=0, hook="sanity_check", until_held=False)
+    process.send_signal(signal.SIGINT)
+    time.sleep(1.0)  # the first is held (the pause goes on); the second stops the run
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 1, err[-3000:]
+    assert "Ctrl-C: stopping once the sanity check has finished (press again to stop now)" in err
+    assert "interrupted (KeyboardInterrupt) during the sanity check, which cannot be resumed; " \
+           "nothing to resume from: start the run again" in err
+    assert not Path(f"{marker}.sanity-check-ended").exists()
+    assert not any((tmp_path / "runs" / "metablock").glob("*"))
 
 
 def test_a_sigkill_loses_at_most_the_current_epoch(uninterrupted, tmp_path, synthetic_cache):

@@ -12,20 +12,23 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_modules.lightning_compat import (checkpoint_skipped_now, checkpoints_at_train_epoch_end,
+                                               save_last_checkpoint)
+
 
 class RunCheckpoint(ModelCheckpoint):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
+        if not checkpoints_at_train_epoch_end(self, trainer):
             self._save_latest(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
+        if checkpoints_at_train_epoch_end(self, trainer):
             self._save_latest(trainer)
 
     def _save_latest(self, trainer: L.Trainer) -> None:
         # Skipped when this step already saved (then the parent wrote last.ckpt with it), in
         # sanity checks, outside fit and under fast_dev_run, as the parent does.
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.save_last and not checkpoint_skipped_now(self, trainer):
+            save_last_checkpoint(self, trainer)

@@ -11,9 +11,22 @@ the metric states of the batches already validated are not in a checkpoint, and 
 skips the rest of that validation and fails in ``EarlyStopping`` for want of its metric (seen with
 Lightning 2.6). So a SIGTERM or a first Ctrl-C that arrives while an epoch is being validated is
 held until the validation has finished, and the run stops as that epoch ends, with its metrics
-and ``last.ckpt`` written; the checkpoint then resumes with the next epoch. A second Ctrl-C, or an
-error, inside validation stops at once: no ``interrupted.ckpt`` is written then (it could not be
-resumed correctly) and the message points at ``last.ckpt``, which loses that one epoch.
+and ``last.ckpt`` written; the checkpoint then resumes with the next epoch.
+
+The sanity check (the few validation batches before training) is held in the same way, for the
+same reason: a checkpoint written inside it would hold a half-run validation. The run stops
+right after it, before the first training batch, and writes ``interrupted.ckpt`` as any other
+interruption does: resuming from it is the run that was never interrupted (a scheduler that
+resumes whatever ``interrupted.ckpt`` a preempted job left needs no special case for a job
+preempted as it started). The exit code is that of any interruption.
+
+A second Ctrl-C, or an error, inside validation or the sanity check stops at once: no
+``interrupted.ckpt`` is written then (it could not be resumed correctly) and the message points
+at ``last.ckpt``, which loses that one epoch, or says to start again when there is none.
+
+What this callback changes besides writing a checkpoint: it replaces the SIGTERM and SIGINT
+handlers while it holds signals, and it stops the run (through Lightning's SIGTERM flag after an
+epoch's validation; by raising ``SIGTERMException`` after the sanity check).
 """
 
 from __future__ import annotations
@@ -25,6 +38,9 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import OnExceptionCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from lightning_modules.lightning_compat import set_received_sigterm
 
 
 class ResumableInterruption(OnExceptionCheckpoint):
@@ -34,26 +50,26 @@ class ResumableInterruption(OnExceptionCheckpoint):
         self.resume_command = resume_command
         self.stopped_by: str | None = None  # "SIGTERM" or "Ctrl-C" once a held signal stops the run
         self._held: list[str] = []
+        self._ctrl_c_message = ""  # what the held signals wait for, and what stopping at once loses
         self._handlers: dict[int, object] = {}
+        self._held_through_sanity_check: list[str] | None = None  # decided on in on_train_start
 
-    # -- signals held through an epoch's validation -------------------------------------------
+    # -- signals held through an epoch's validation and through the sanity check ----------------
 
     @property
     def holding(self) -> bool:
-        """Whether a signal is being held until the running validation has finished."""
+        """Whether a signal is being held until the running validation or sanity check has finished."""
         return bool(self._held)
 
     @staticmethod
     def _validating_an_epoch(trainer: L.Trainer) -> bool:
         return trainer.state.fn == TrainerFn.FITTING and trainer.validating and not trainer.sanity_checking
 
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._validating_an_epoch(trainer):
-            return
-        connector = trainer._signal_connector
-        if connector.received_sigterm:  # arrived with the epoch's last training batch
-            connector.received_sigterm = False  # Lightning would act on it inside validation
+    def _hold_signals(self, trainer: L.Trainer, until: str, losing: str = "") -> None:
+        if trainer.received_sigterm:  # arrived just before (with the epoch's last training batch, or in setup)
+            set_received_sigterm(trainer, False)  # Lightning would act on it inside validation
             self._held.append("SIGTERM")
+        self._ctrl_c_message = f"Ctrl-C: stopping once {until} has finished (press again to stop now{losing})"
         self._handlers = {signal.SIGTERM: signal.getsignal(signal.SIGTERM),
                           signal.SIGINT: signal.getsignal(signal.SIGINT)}  # fmt: skip
         signal.signal(signal.SIGTERM, self._hold)
@@ -63,40 +79,70 @@ class ResumableInterruption(OnExceptionCheckpoint):
         if signum == signal.SIGINT:
             if "Ctrl-C" in self._held:
                 raise KeyboardInterrupt  # the second one: stop now
-            print("\nCtrl-C: stopping once this epoch's validation has finished (press again to stop now, "
-                  "losing the epoch)", file=sys.stderr, flush=True)  # fmt: skip
+            print(f"\n{self._ctrl_c_message}", file=sys.stderr, flush=True)
         self._held.append("SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._handlers:
-            return
+    def _release_signals(self) -> list[str]:
+        """Put the handlers back; return the signals held meanwhile."""
         for signum, handler in self._handlers.items():
             signal.signal(signum, handler)
         self._handlers = {}
-        if self._held:
+        held, self._held = self._held, []
+        return held
+
+    @staticmethod
+    def _stopper(held: list[str]) -> str:
+        return "Ctrl-C" if "Ctrl-C" in held else "SIGTERM"
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._hold_signals(trainer, "the sanity check")
+
+    def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._handlers:
+            # Lightning resets its validation progress after this hook: the run stops later, in
+            # on_train_start, where a checkpoint holds no trace of the sanity check.
+            self._held_through_sanity_check = self._release_signals()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        held, self._held_through_sanity_check = self._held_through_sanity_check, None
+        if held is None:  # no sanity check ran (on every rank alike)
+            return
+        # Every rank decides together: one that stopped alone would leave the others waiting.
+        if trainer.strategy.reduce_boolean_decision(bool(held), all=False):
+            self.stopped_by = self._stopper(held)
+            raise SIGTERMException
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._validating_an_epoch(trainer):
+            self._hold_signals(trainer, "this epoch's validation", losing=", losing the epoch")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._handlers or not self._validating_an_epoch(trainer):
+            return
+        held = self._release_signals()
+        if held:
             # Raise Lightning's own flag: it stops the run once the epoch has ended, as a SIGTERM
             # that arrives then would (through its handler, which also tells DDP's other ranks).
-            self.stopped_by = "Ctrl-C" if "Ctrl-C" in self._held else "SIGTERM"
-            self._held = []
+            self.stopped_by = self._stopper(held)
             handler = signal.getsignal(signal.SIGTERM)
             if callable(handler):
                 handler(signal.SIGTERM, None)
-            trainer._signal_connector.received_sigterm = True
+            set_received_sigterm(trainer, True)
 
     # -- the checkpoint and the message ---------------------------------------------------------
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         what = "SIGTERM" if type(exception).__name__ == "SIGTERMException" else type(exception).__name__
         what = self.stopped_by or what
-        if trainer.state.fn == TrainerFn.FITTING and trainer.validating:
-            for signum, handler in self._handlers.items():
-                signal.signal(signum, handler)
-            self._handlers = {}
+        if trainer.state.fn == TrainerFn.FITTING and (trainer.validating or trainer.sanity_checking):
+            self._release_signals()
             if trainer.is_global_zero:
                 last = Path(self.dirpath) / "last.ckpt"
                 hint = (f"resume from the previous epoch's end with: {self.resume_command.format(ckpt=last)}"
                         if last.exists() else "nothing to resume from: start the run again")  # fmt: skip
-                print(f"\ninterrupted ({what}) during validation, which cannot be resumed; {hint}",
+                during = "the sanity check" if trainer.sanity_checking else "validation"
+                print(f"\ninterrupted ({what}) during {during}, which cannot be resumed; {hint}",
                       file=sys.stderr, flush=True)  # fmt: skip
             return
         super().on_exception(trainer, pl_module, exception)

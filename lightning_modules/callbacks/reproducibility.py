@@ -1,4 +1,5 @@
-"""The model's random streams (dropout, random initialisations during training) per epoch.
+"""The model's random streams (dropout, random initialisations during training) per epoch, and
+what a resumed run needs to continue an epoch exactly.
 
 ``seed_everything`` seeds the global RNGs once, at the start of a process; a run resumed at
 epoch k would then draw epoch 0's dropout masks again, and anything that touched the RNGs
@@ -17,13 +18,24 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+from torchmetrics import Metric
 
-from datamodules.seeding import derive_seed, rng_states, run_seed, seed_global_rngs, set_rng_states, training_position
+from datamodules.seeding import TrainPosition, derive_seed, rng_states, run_seed, seed_global_rngs, set_rng_states
+from lightning_modules.lightning_compat import (add_training_epoch_sums, restore_metric_state, resumed_mid_epoch,
+                                               training_epoch_sums, training_position)
 
 MODEL_STREAM = 2  # mixed into the seed: the data streams use 0 and 1 (datamodules/samplers.py)
 
 
 class EpochSeeds(L.Callback):
+    """Changes the global RNG states: reseeds them as each training epoch starts and, in a run
+    resumed mid-epoch, sets them to the checkpoint's before its first batch.
+
+    It also carries where training stands (``checkpoint["train_position"]``, the epoch to run next
+    and how many of its batches are done) from a checkpoint to the datamodule's
+    ``resume_training_at``, so the training sampler skips what was trained before an interruption.
+    """
+
     def __init__(self) -> None:
         self._restore: dict | None = None
 
@@ -32,16 +44,22 @@ class EpochSeeds(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning's own judgement of whether the epoch is re-entered (no on_train_epoch_start).
-        if self._restore is not None and trainer.fit_loop.restarted_mid_epoch:
+        if self._restore is not None and resumed_mid_epoch(trainer):
             set_rng_states(self._restore)
         self._restore = None
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if training_position(trainer) is not None:
+        position = training_position(trainer)
+        if position is not None:
+            checkpoint["train_position"] = list(position)
             checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Called after the datamodule's load_state_dict (older checkpoints keep the position there).
         self._restore = checkpoint.get("rng_states")
+        resume_training_at = getattr(trainer.datamodule, "resume_training_at", None)
+        if "train_position" in checkpoint and resume_training_at is not None:
+            resume_training_at(TrainPosition(*checkpoint["train_position"]))
 
 
 class MidEpochMetrics(L.Callback):
@@ -51,12 +69,10 @@ class MidEpochMetrics(L.Callback):
     predictions, recall counts, lesion mass) and in Lightning's sums of ``self.log(...,
     on_epoch=True)`` values. Neither is in a checkpoint, so a run resumed from a mid-epoch
     ``interrupted.ckpt`` would report epoch means over the batches after the resume only. This
-    callback stores both in mid-epoch checkpoints and puts them back: the metric states before the
-    first resumed batch, Lightning's sums after it (they are created by that batch's ``self.log``;
-    adding the stored sum to a sum that started at zero gives the uninterrupted value exactly).
-
-    Lightning's sums are read from ``trainer.fit_loop.epoch_loop._results`` (Lightning 2.6 keeps
-    no public handle on them); a version without it stores and restores the metric states only.
+    callback stores both in mid-epoch checkpoints and puts them back into the module's metrics and
+    Lightning's sums: the metric states before the first resumed batch, Lightning's sums after it
+    (they are created by that batch's ``self.log``; adding the stored sum to a sum that started at
+    zero gives the uninterrupted value exactly).
     """
 
     def __init__(self) -> None:
@@ -64,14 +80,8 @@ class MidEpochMetrics(L.Callback):
         self._pending_sums: dict | None = None
 
     @staticmethod
-    def _metrics(pl_module: L.LightningModule):
-        from torchmetrics import Metric
-
+    def _metrics(pl_module: L.LightningModule) -> dict[str, Metric]:
         return {name: m for name, m in pl_module.named_modules() if isinstance(m, Metric)}
-
-    @staticmethod
-    def _sums(trainer: L.Trainer) -> dict:
-        return getattr(trainer.fit_loop.epoch_loop, "_results", None) or {}
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         position = training_position(trainer)
@@ -79,48 +89,25 @@ class MidEpochMetrics(L.Callback):
             return
         metrics = {}
         for name, metric in self._metrics(pl_module).items():
-            if metric._update_count:
-                states = {key: getattr(metric, key) for key in metric._defaults}
-                metrics[name] = {"update_count": int(metric._update_count),
-                                 "states": {k: list(v) if isinstance(v, list) else v for k, v in states.items()}}  # fmt: skip
-        sums = {}
-        for key, result in self._sums(trainer).items():
-            if getattr(result, "is_tensor", False) and result.meta.on_epoch:
-                sums[key] = {"value": result.value.detach().clone()}
-                if result.meta.is_mean_reduction:
-                    sums[key]["cumulated_batch_size"] = result.cumulated_batch_size.detach().clone()
-        checkpoint["mid_epoch_metrics"] = {"metrics": metrics, "sums": sums}
+            if metric.update_count:
+                metrics[name] = {"update_count": int(metric.update_count),
+                                 "states": {k: list(v) if isinstance(v, list) else v
+                                            for k, v in metric.metric_state.items()}}  # fmt: skip
+        checkpoint["mid_epoch_metrics"] = {"metrics": metrics, "sums": training_epoch_sums(trainer)}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._restore = checkpoint.get("mid_epoch_metrics")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         saved, self._restore = self._restore, None
-        if saved is None or not trainer.fit_loop.restarted_mid_epoch:
+        if saved is None or not resumed_mid_epoch(trainer):
             return
         metrics = self._metrics(pl_module)
         for name, entry in saved["metrics"].items():
-            metric = metrics[name]
-            for key, value in entry["states"].items():
-                if isinstance(value, list):
-                    value = [v.to(metric.device) for v in value]
-                else:
-                    value = value.to(metric.device)
-                setattr(metric, key, value)
-            metric._update_count = entry["update_count"]
-            metric._computed = None
+            restore_metric_state(metrics[name], entry["states"], entry["update_count"])
         self._pending_sums = saved["sums"]
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        if not self._pending_sums:
-            return
-        results = self._sums(trainer)
-        for key, entry in self._pending_sums.items():
-            result = results.get(key)
-            if result is None:
-                continue
-            result.value = entry["value"].to(result.value.device) + result.value
-            if "cumulated_batch_size" in entry:
-                stored = entry["cumulated_batch_size"].to(result.cumulated_batch_size.device)
-                result.cumulated_batch_size = stored + result.cumulated_batch_size
+        if self._pending_sums:
+            add_training_epoch_sums(trainer, self._pending_sums)
         self._pending_sums = None

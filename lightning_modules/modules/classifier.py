@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_modules.analysis.gradcam import grad_cam
 from lightning_modules.contracts import AttentionNet, GradCamNet, StepResult, evaluation_data
+from lightning_modules.lightning_compat import attached_trainer
 from lightning_modules.metrics.lesion_mass import LesionMass
 from lightning_modules.modules.base import DermModule
 from lightning_modules.modules.scores import ClassificationScores
@@ -73,7 +74,7 @@ class LesionClassifier(DermModule):
         self._warned_inference = False
 
     def setup(self, stage: str) -> None:
-        data = evaluation_data(self._trainer)
+        data = evaluation_data(attached_trainer(self))
         if stage == "fit" and self.hparams.mask_loss_weight > 0 and data is not None and not data.describe().has_masks:
             # Without masks the regulariser would silently never apply.
             raise ValueError(f"mask_loss_weight={self.hparams.mask_loss_weight} needs lesion masks, but the "

@@ -24,6 +24,7 @@ import torch
 
 from lightning_modules.callbacks.test_results import gather_unique_tensors
 from lightning_modules.contracts import EmbeddingNet, EvaluationData, evaluation_data
+from lightning_modules.lightning_compat import attached_trainer
 from lightning_modules.metrics.retrieval import knn_probabilities, recall_at_k
 from lightning_modules.modules.base import DermModule
 from lightning_modules.modules.scores import ClassificationScores
@@ -71,7 +72,7 @@ class MetricLearningModule(DermModule):
         return self.net(batch["image"], batch["meta"]), {}
 
     def data(self) -> EvaluationData:
-        data = evaluation_data(self._trainer)
+        data = evaluation_data(attached_trainer(self))
         if data is None:
             raise RuntimeError("metric learning evaluates against the training images: use a LesionDataModule")
         return data
