@@ -46,7 +46,7 @@ from lightning_modules.callbacks.checkpointing import RunCheckpoint
 from lightning_modules.callbacks.evaluation_figures import EvaluationFigures
 from lightning_modules.callbacks.interruption import ResumableInterruption
 from lightning_modules.callbacks.reproducibility import EpochSeeds, MidEpochMetrics
-from lightning_modules.callbacks.test_results import TestResultsWriter
+from lightning_modules.callbacks.results_writer import ResultsWriter
 from lightning_modules.callbacks.wandb_panels import WandbPanels
 from lightning_modules.modules.base import DermModule
 from lightning_modules.modules.loading import CheckpointError, read_checkpoint
@@ -183,7 +183,7 @@ class DermCLI(LightningCLI):
             LearningRateMonitor(logging_interval="epoch"),
             EvaluationFigures(),
             AttentionMapLogger(),  # no-op for models without attention maps
-            TestResultsWriter(str(run_dir), extra={"experiment": run.name, "run_dir": str(run_dir),
+            ResultsWriter(str(run_dir), extra={"experiment": run.name, "run_dir": str(run_dir),
                                                    "data": self.datamodule.summary()}),
         ]  # fmt: skip
         if run.wandb:  # after the test writer: its panels are built from predictions.csv / metrics.json

@@ -41,7 +41,7 @@ from datamodules.metadata import MetadataEncoder  # noqa: E402
 from datamodules.records import UNLABELED, DatasetError, LesionTable  # noqa: E402
 from datamodules.sources import read_unlabeled  # noqa: E402
 from datamodules.sources.reading import image_folder_table  # noqa: E402
-from lightning_modules.callbacks.test_results import write_predictions  # noqa: E402
+from lightning_modules.utils.predictions_csv import write_predictions  # noqa: E402
 from lightning_modules.contracts import PredictsClasses  # noqa: E402
 from lightning_modules.modules.ensemble import TTA_VIEWS, TTAPredictor, average_probabilities  # noqa: E402
 from lightning_modules.modules.loading import load_module, read_checkpoint  # noqa: E402

@@ -5,7 +5,7 @@ has attention, label, prediction, probability per class, patient/lesion group) a
 scores of the best checkpoint in the run summary.
 
 It observes: the test panels are built from the run's own ``predictions.csv`` and
-``metrics.json`` (written by ``TestResultsWriter`` just before), so the dashboard shows exactly
+``metrics.json`` (written by ``ResultsWriter`` just before), so the dashboard shows exactly
 the files' numbers. Without a W&B logger it does nothing.
 """
 

@@ -9,74 +9,21 @@ per-step logged ``test/*`` values of a DDP run may count a padded repeat or two)
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import lightning as L
 import numpy as np
 import torch
-from torchmetrics.functional.classification import (
-    multiclass_accuracy,
-    multiclass_confusion_matrix,
-    multiclass_recall,
-)
 
 from lightning_modules.contracts import evaluation_data
-from lightning_modules.metrics.auroc import scorable_auroc
-from lightning_modules.utils.atomic_io import atomic_write, write_json
+from lightning_modules.metrics.classification import classification_scores
+from lightning_modules.metrics.gather import gather_unique
+from lightning_modules.utils.atomic_io import write_json
+from lightning_modules.utils.predictions_csv import write_predictions
 
 
-def gather_unique_tensors(pl_module: L.LightningModule, chunks: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Concatenate per-batch tensors, gather them from every process and drop the repeats
-    DistributedSampler pads with: one row per dataset ``index``, in index order. A collective
-    under DDP: every rank must call it."""
-    local = {k: torch.cat(v) if v else torch.empty(0) for k, v in chunks.items()}
-    if pl_module.trainer.world_size > 1:
-        local = {k: pl_module.all_gather(v).flatten(0, 1) for k, v in local.items()}
-    index = local["index"]
-    order = torch.argsort(index, stable=True)
-    keep = torch.ones_like(order, dtype=torch.bool)
-    keep[1:] = index[order][1:] != index[order][:-1]
-    return {k: v.detach()[order[keep]] for k, v in local.items()}
-
-
-def gather_unique(pl_module: L.LightningModule, chunks: dict[str, list[torch.Tensor]]) -> dict[str, np.ndarray]:
-    """:func:`gather_unique_tensors` as numpy arrays."""
-    return {k: v.cpu().numpy() for k, v in gather_unique_tensors(pl_module, chunks).items()}
-
-
-def classification_scores(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
-    """Macro one-vs-rest AUROC, balanced accuracy (macro recall), accuracy, per-class AUROC and the
-    confusion matrix (rows: true class) of one set of predictions."""
-    preds, target, k = torch.as_tensor(probs).float(), torch.as_tensor(labels).long(), len(class_names)
-    per_class, macro = scorable_auroc(preds, target, class_names)
-    finite = lambda v: float(v) if torch.isfinite(v) else None  # noqa: E731 - JSON has no NaN
-    return {
-        "auroc": finite(macro),
-        "auroc_classes_scored": int(torch.isfinite(per_class).sum()),
-        "bacc": float(multiclass_recall(preds, target, k, average="macro")),
-        "acc": float(multiclass_accuracy(preds, target, k, average="micro")),
-        "auroc_per_class": {name: finite(v) for name, v in zip(class_names, per_class)},
-        "confusion_matrix": multiclass_confusion_matrix(preds, target, k).tolist(),
-    }
-
-
-def write_predictions(path: str | Path, image_ids: Sequence[str], probs: np.ndarray,
-                      class_names: Sequence[str], labels: Optional[Sequence[int]] = None) -> Path:
-    def write(handle) -> None:
-        writer = csv.writer(handle)
-        header = ["image_id"] + (["label"] if labels is not None else []) + ["prediction"]
-        writer.writerow(header + [f"prob_{name}" for name in class_names])
-        for i, image_id in enumerate(image_ids):
-            row = [image_id] + ([class_names[labels[i]]] if labels is not None else [])
-            row.append(class_names[int(np.argmax(probs[i]))])
-            writer.writerow(row + [f"{p:.6f}" for p in probs[i]])
-
-    return atomic_write(path, write)
-
-
-class TestResultsWriter(L.Callback):
+class ResultsWriter(L.Callback):
     def __init__(self, run_dir: str, extra: Optional[dict[str, Any]] = None):
         self.run_dir = Path(run_dir)
         self.extra = dict(extra or {})
