@@ -23,11 +23,8 @@ are set in YAML; both watch the model's ``monitor`` unless told otherwise.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import sys
-import time
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
@@ -41,6 +38,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from datamodules.lesion_datamodule import LesionDataModule
 from experiments.loggers import make_csv_logger, make_wandb_logger
 from experiments.net_options import ConfigError, UnknownOptionError, closest, expand_net_shorthands
+from experiments.resume import check_same_data, resumed_run_config, with_run_config
+from experiments.run_folder import discard_if_unused, resolve_run_dir, share_with_workers
 from lightning_modules.callbacks.attention_maps import AttentionMapLogger
 from lightning_modules.callbacks.checkpointing import RunCheckpoint
 from lightning_modules.callbacks.evaluation_figures import EvaluationFigures
@@ -49,16 +48,11 @@ from lightning_modules.callbacks.reproducibility import EpochSeeds, MidEpochMetr
 from lightning_modules.callbacks.results_writer import ResultsWriter
 from lightning_modules.callbacks.wandb_panels import WandbPanels
 from lightning_modules.modules.base import DermModule
-from lightning_modules.modules.loading import CheckpointError, read_checkpoint
 from lightning_modules.nets.backbones import normalisation_mismatch
 from lightning_modules.utils.atomic_io import AtomicCheckpointIO
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 BASE_CONFIG = EXPERIMENTS_DIR / "base.yaml"
-RUN_DIR_ENV = "DERMATTN_RUN_DIR"  # hands rank 0's run folder to the DDP worker processes
-#: Settings a resumed run must share with the run it continues (else its test split changes).
-DATA_IDENTITY = ("dataset", "data_dir", "source_options", "meta_features", "fold", "n_folds", "split_seed",
-                 "min_class_images")  # fmt: skip
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -119,13 +113,8 @@ class DermCLI(LightningCLI):
         return "python -m experiments.train --resume {ckpt}"
 
     def discard_new_run_dir(self) -> None:
-        """Remove the run folder this run created if nothing worth keeping is in it yet (no
-        checkpoint): a run that failed before training leaves no empty folder behind."""
-        if not self.created_run_dir or self.run_dir is None or not self.run_dir.is_dir():
-            return
-        if os.environ.get("LOCAL_RANK", "0") != "0" or any(self.run_dir.glob("checkpoints/*.ckpt")):
-            return
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        """Remove the run folder this run created if nothing worth keeping is in it yet."""
+        discard_if_unused(self.run_dir, self.created_run_dir)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run.name", type=str, default="experiment", help="run folder: runs/<name>/...")
@@ -157,7 +146,7 @@ class DermCLI(LightningCLI):
         warn_normalisation_mismatch(model.net.get("init_args") or {}, config.data)
         self.run_dir, self.created_run_dir = resolve_run_dir(config.run.root, config.run.name, config.run.dir,
                                                              config.resume, config.seed_everything)
-        os.environ[RUN_DIR_ENV] = str(self.run_dir)
+        share_with_workers(self.run_dir)
         config.trainer.default_root_dir = str(self.run_dir)
         config.checkpoint.dirpath = config.checkpoint.dirpath or str(self.run_dir / "checkpoints")
         watching = [config.checkpoint] + ([config.early_stopping.init_args] if config.early_stopping else [])
@@ -223,87 +212,3 @@ def warn_normalisation_mismatch(net_args, data) -> None:
         problem = normalisation_mismatch(backbone, data.normalize_mean, data.normalize_std)
         if problem:
             rank_zero_warn(problem)
-
-
-def resumed_run_config(args: Sequence[str]) -> Optional[Path]:
-    """``<run>/config.yaml`` of the checkpoint named by ``--resume`` in ``args``, if any."""
-    resume = None
-    for i, arg in enumerate(args):
-        if arg == "--resume" and i + 1 < len(args):
-            resume = args[i + 1]
-        elif arg.startswith("--resume="):
-            resume = arg.split("=", 1)[1]
-    if not resume or resume in ("null", "None"):
-        return None
-    try:  # before anything is written to the run folder
-        read_checkpoint(resume, mmap=True)
-    except (FileNotFoundError, CheckpointError) as err:
-        raise type(err)(f"--resume: {err}. Nothing in its run folder was changed; resume from another of its "
-                        "checkpoints (checkpoints/last.ckpt is written at the end of every epoch)") from None
-    config = Path(resume).resolve().parent.parent / "config.yaml"
-    return config if config.is_file() else None
-
-
-def with_run_config(args: Sequence[str], run_config: Path) -> list[str]:
-    """Put the run's saved config after the given ``--config`` files and before other overrides."""
-    configs, others, i = [], [], 0
-    while i < len(args):
-        if args[i] in ("--config", "-c") and i + 1 < len(args):
-            configs += args[i:i + 2]
-            i += 2
-            continue
-        (configs if args[i].startswith("--config=") else others).append(args[i])
-        i += 1
-    return [*configs, "--config", str(run_config), *others]
-
-
-def check_same_data(run_config: Path, config) -> None:
-    import yaml
-
-    saved = (yaml.safe_load(run_config.read_text()) or {}).get("data", {})
-    changed = {k: (saved.get(k), config.data.get(k)) for k in DATA_IDENTITY if saved.get(k) != config.data.get(k)}
-    if changed:
-        details = ", ".join(f"data.{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-        raise ValueError(f"--resume: the data differ from the run being resumed ({run_config}): {details}. "
-                         "Resume without changing them, or start a new run.")
-
-
-def external_job_id() -> Optional[str]:
-    """The id all ranks of an externally launched job share, or ``None``. torchrun without
-    ``--rdzv-id`` reports ``none`` for every job, which must not name a folder; SLURM steps of one
-    allocation share the job id, so the step id joins it."""
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    if run_id and run_id.lower() != "none":
-        return run_id
-    job = os.environ.get("SLURM_JOB_ID")
-    if job:
-        step = os.environ.get("SLURM_STEP_ID")
-        return f"{job}.{step}" if step else job
-    return None
-
-
-def resolve_run_dir(root: str, name: str, explicit: Optional[str], resume: Optional[str], seed) -> tuple[Path, bool]:
-    """The run's folder, and whether this call created it."""
-    if resume:
-        path = Path(resume).resolve().parent.parent  # <run>/checkpoints/last.ckpt
-    elif os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
-        path = Path(os.environ[RUN_DIR_ENV])  # a worker started by Lightning's DDP launcher joins rank 0's run
-    elif explicit:
-        path = Path(explicit)
-        if (path / "checkpoints").is_dir() and any((path / "checkpoints").iterdir()):
-            raise FileExistsError(f"--run.dir {path} already holds a run; --resume its last.ckpt or pick a new folder")
-    else:
-        # Externally launched ranks (torchrun, SLURM) must agree on the folder: use the job's id.
-        job = external_job_id()
-        if job and int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1:
-            path = Path(root) / name / f"job-{job}-s{seed}"
-        else:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            path = Path(root) / name / f"{stamp}-s{seed}"
-            suffix = 1
-            while path.exists():
-                suffix += 1
-                path = Path(root) / name / f"{stamp}-s{seed}-{suffix}"
-    created = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
-    return path, created
