@@ -22,8 +22,8 @@ LIMITS = ("--trainer.max_epochs=3", "--trainer.limit_train_batches=4", "--traine
 CASES = {
     "metablock": ("metablock.yaml",),
     # A push after every epoch: one before the stop (epoch 1) and one after it (epoch 2).
-    "protopnet": ("protopnet.yaml", "--trainer.callbacks.init_args.push_start=1",
-                  "--trainer.callbacks.init_args.push_every=1", "--model.init_args.prototypes_per_class=2",
+    "protopnet": ("protopnet.yaml", "--model.init_args.push_start=1",
+                  "--model.init_args.push_every=1", "--model.init_args.prototypes_per_class=2",
                   "--model.init_args.last_layer_epochs=2"),
     "abe": ("abe.yaml",),  # P x K batches
 }  # fmt: skip

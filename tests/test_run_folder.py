@@ -3,11 +3,10 @@ experiments/resume.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from experiments.resume import resumed_run_config, with_run_config
+from experiments.cli import BASE_CONFIG
+from experiments.resume import older_layout, resumed_run_config, with_run_config
 from experiments.run_folder import (
     RUN_DIR_ENV,
     discard_if_unused,
@@ -92,10 +91,34 @@ def test_only_an_unused_new_folder_is_discarded(tmp_path):
 
 
 def test_the_run_config_goes_between_the_configs_and_the_overrides(tmp_path):
+    saved = tmp_path / "config.yaml"
+    saved.write_text("run:\n  drop_callbacks: []\n")
     args = ["--config", "a.yaml", "--trainer.max_epochs=4", "--config=b.yaml", "--resume", "x.ckpt"]
-    assert with_run_config(args, Path("run/config.yaml")) == [
-        "--config", "a.yaml", "--config=b.yaml", "--config", "run/config.yaml", "--trainer.max_epochs=4",
+    assert with_run_config(args, saved, BASE_CONFIG) == [
+        "--config", "a.yaml", "--config=b.yaml", "--config", str(saved), "--trainer.max_epochs=4",
         "--resume", "x.ckpt"]  # fmt: skip
     assert resumed_run_config(["--config", "a.yaml"]) is None
     with pytest.raises(FileNotFoundError, match="--resume: .*Nothing in its run folder was changed"):
         resumed_run_config([f"--resume={tmp_path / 'missing.ckpt'}"])
+
+
+def test_a_run_saved_before_callbacks_were_listed_resumes_with_the_defaults(tmp_path):
+    """Its config.yaml has ``trainer.callbacks: null`` or ProtoPNet's push alone, which would replace
+    base.yaml's list: the defaults come back, the push's schedule becomes the module's."""
+    import json
+
+    import yaml
+
+    defaults = yaml.safe_load(BASE_CONFIG.read_text())["trainer"]["callbacks"]
+    old = tmp_path / "config.yaml"
+    old.write_text(yaml.safe_dump({"run": {"name": "metablock"}, "trainer": {"callbacks": None}}))
+    assert older_layout(old, BASE_CONFIG) == [f"--trainer.callbacks={json.dumps(defaults)}"]
+    extra = {"class_path": "tests.test_resume.StopBeforeEpoch", "init_args": {"epoch": 2}}
+    push = {"class_path": "lightning_modules.callbacks.prototype_push.PrototypePush",
+            "init_args": {"push_start": 6, "push_every": 6, "push_at_end": True, "pictures": True}}
+    old.write_text(yaml.safe_dump({"run": {"name": "protopnet"}, "trainer": {"callbacks": [push, extra]}}))
+    assert older_layout(old, BASE_CONFIG) == [f"--trainer.callbacks={json.dumps(defaults + [extra])}",
+                                 "--model.init_args.push_start=6", "--model.init_args.push_every=6",
+                                 "--model.init_args.push_at_end=true"]  # fmt: skip
+    old.write_text(yaml.safe_dump({"run": {"name": "x", "drop_callbacks": []}, "trainer": {"callbacks": [extra]}}))
+    assert older_layout(old, BASE_CONFIG) == []  # saved by this version: its list is the run's whole list

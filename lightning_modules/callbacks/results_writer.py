@@ -10,12 +10,13 @@ per-step logged ``test/*`` values of a DDP run may count a padded repeat or two)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import lightning as L
 import numpy as np
 import torch
 
+from lightning_modules.callbacks.run_context import UsesRunContext
 from lightning_modules.contracts import evaluation_data
 from lightning_modules.metrics.classification import classification_scores
 from lightning_modules.metrics.gather import gather_unique
@@ -23,10 +24,12 @@ from lightning_modules.utils.atomic_io import write_json
 from lightning_modules.utils.predictions_csv import write_predictions
 
 
-class ResultsWriter(L.Callback):
-    def __init__(self, run_dir: str, extra: Optional[dict[str, Any]] = None):
-        self.run_dir = Path(run_dir)
-        self.extra = dict(extra or {})
+class ResultsWriter(UsesRunContext, L.Callback):
+    def __init__(self, dirpath: Optional[str] = None):
+        """``dirpath``: where the files go; default: the trainer's run folder (``default_root_dir``).
+        ``metrics.json`` also names the experiment (the :class:`RunContext`'s name), the folder and
+        the data the run was trained on (the datamodule's ``summary()``)."""
+        self.dirpath = dirpath
         self._chunks: dict[str, list[torch.Tensor]] = {}
         self._gathered: Optional[dict[str, np.ndarray]] = None
 
@@ -44,11 +47,12 @@ class ResultsWriter(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or self._gathered is None:
             return
+        folder = Path(self.dirpath or trainer.default_root_dir)
         index, probs, labels = self._gathered["index"], self._gathered["probs"], self._gathered["label"]
         data = evaluation_data(trainer)
         records = data.records("test") if data is not None else None
         image_ids = [records[i].image_id for i in index] if records else [str(i) for i in index]
-        write_predictions(self.run_dir / "predictions.csv", image_ids, probs, pl_module.class_names, labels)
+        write_predictions(folder / "predictions.csv", image_ids, probs, pl_module.class_names, labels)
 
         test = classification_scores(probs, labels, pl_module.class_names)
         for key, value in trainer.callback_metrics.items():  # loss, lesion mass, ... as logged
@@ -56,8 +60,11 @@ class ResultsWriter(L.Callback):
             if name and name not in test and not name.startswith("auroc_") and value.numel() == 1:
                 test[name] = float(value)
         checkpoint = trainer.checkpoint_callback
+        summary = getattr(trainer.datamodule, "summary", None)
         metrics = {
-            **self.extra,
+            **({"experiment": self.run_context.name} if self.run_context.name is not None else {}),
+            "run_dir": str(folder),
+            **({"data": summary()} if callable(summary) else {}),
             "class_names": list(pl_module.class_names),
             "parameters": int(sum(p.numel() for p in pl_module.parameters())),
             "test": {**test, "n_images": int(len(index))},
@@ -68,4 +75,4 @@ class ResultsWriter(L.Callback):
                 "best_path": getattr(checkpoint, "best_model_path", None),
             },
         }
-        write_json(self.run_dir / "metrics.json", metrics)
+        write_json(folder / "metrics.json", metrics)
