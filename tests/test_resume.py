@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from datamodules.samplers import ClassBalancedBatchSampler, SeededSampler
 from experiments.train import main as train
@@ -74,8 +75,11 @@ def test_resume_after_an_epoch_equals_the_uninterrupted_run(case, tmp_path, synt
     args = quick_args(REPO / "experiments" / config, tmp_path / "runs", synthetic_cache, *LIMITS, *extra)
     whole = train(args + ["--run.name=whole"])
 
-    stop = json.dumps({"class_path": "tests.test_resume.StopBeforeEpoch", "init_args": {"epoch": 2}})
-    stopped_args = args + ["--run.name=stopped", f"--trainer.callbacks+={stop}"]  # after the config's own
+    # First of all callbacks, as a kill between epochs would be: before any epoch-start hook acts
+    # (the learning-rate monitor logs there).
+    stop = {"class_path": "tests.test_resume.StopBeforeEpoch", "init_args": {"epoch": 2}}
+    defaults = yaml.safe_load((REPO / "experiments" / "base.yaml").read_text())["trainer"]["callbacks"]
+    stopped_args = args + ["--run.name=stopped", f"--trainer.callbacks={json.dumps([stop, *defaults])}"]
     with pytest.raises(RuntimeError, match="stopped for the test"):
         train(stopped_args)
     (stopped,) = (tmp_path / "runs" / "stopped").iterdir()
