@@ -40,7 +40,6 @@ from experiments import bench_push  # noqa: E402
 from experiments import registry  # noqa: E402
 from experiments.bench import FixedBatches  # noqa: E402
 from experiments.cli import DermCLI  # noqa: E402
-from lightning_modules.callbacks.prototype_push import PrototypePush  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = tuple(registry.experiments())  # every experiment as configured (experiments/registry.yaml)
@@ -53,6 +52,8 @@ GPU_VARIANTS = {
                                        "--model.init_args.compile=true"],
 }
 CPU_VARIANTS = {k: GPU_VARIANTS[k] for k in ("fp32", "bf16-mixed")}
+# The push needs the datamodule's images and is timed by ``bench_push``; not here.
+NO_PUSH = {"protopnet": ["--model.init_args.push_start=1000000", "--model.init_args.push_at_end=false"]}
 
 
 class BatchTimer(L.Callback):
@@ -107,10 +108,9 @@ def fixed_batches(config: str, run_dir: str, args) -> list[dict]:
 
 
 def measure(config: str, variant: list[str], batches: list[dict], run_dir: str, args) -> float:
-    cli = DermCLI(args=[*common_args(config, run_dir, args), *variant])
+    cli = DermCLI(args=[*common_args(config, run_dir, args), *NO_PUSH.get(config, []), *variant])
     timer = BatchTimer(args.warmup)
-    # The push needs the datamodule's images and is timed by ``bench_push``; not here.
-    cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, PrototypePush)] + [timer]
+    cli.trainer.callbacks = [*cli.trainer.callbacks, timer]
     cli.trainer.fit(cli.model, train_dataloaders=DataLoader(FixedBatches(batches), batch_size=None, shuffle=False))
     return timer.rate
 

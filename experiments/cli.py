@@ -17,48 +17,45 @@ changing the data or its split is refused).
 The model is ``model.class_path`` (a :class:`~lightning_modules.modules.base.DermModule`) with its
 network in ``model.init_args.net``; a network option may be given short
 (``--model.init_args.backbone=...`` for ``--model.init_args.net.init_args.backbone=...``).
-``checkpoint`` (``RunCheckpoint``, a ModelCheckpoint whose last.ckpt is every epoch's) and ``early_stopping`` (EarlyStopping, ``null`` turns it off)
-are set in YAML; both watch the model's ``monitor`` unless told otherwise.
+
+Callbacks are ``trainer.callbacks`` (``experiments/base.yaml`` lists the defaults;
+``--trainer.callbacks+=...`` adds one, ``--run.drop_callbacks=[WandbPanels]`` leaves one out) plus
+``checkpoint`` (``RunCheckpoint``, a ModelCheckpoint whose last.ckpt is every epoch's) and
+``early_stopping`` (EarlyStopping, ``null`` turns it off), which watch the model's ``monitor``
+unless told otherwise (``experiments/run_callbacks.py``). Callbacks find the run folder in
+``trainer.default_root_dir``; the CLI hands them the run's name and resume command
+(:class:`~lightning_modules.callbacks.run_context.RunContext`).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import sys
-import time
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
 from lightning.pytorch.plugins import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from datamodules.lesion_datamodule import LesionDataModule
 from experiments.loggers import make_csv_logger, make_wandb_logger
 from experiments.net_options import ConfigError, UnknownOptionError, closest, expand_net_shorthands
-from lightning_modules.callbacks.attention_maps import AttentionMapLogger
+from experiments.resume import check_same_data, resumed_run_config, with_run_config
+from experiments.run_callbacks import hand_over, in_order, resolve_monitor, without
+from experiments.run_folder import discard_if_unused, resolve_run_dir, share_with_workers
+from experiments.strategy import find_unused_variant
 from lightning_modules.callbacks.checkpointing import RunCheckpoint
-from lightning_modules.callbacks.evaluation_figures import EvaluationFigures
-from lightning_modules.callbacks.interruption import ResumableInterruption
-from lightning_modules.callbacks.reproducibility import EpochSeeds, MidEpochMetrics
-from lightning_modules.callbacks.test_results import TestResultsWriter
-from lightning_modules.callbacks.wandb_panels import WandbPanels
+from lightning_modules.callbacks.run_context import RunContext
 from lightning_modules.modules.base import DermModule
-from lightning_modules.modules.loading import CheckpointError, read_checkpoint
 from lightning_modules.nets.backbones import normalisation_mismatch
 from lightning_modules.utils.atomic_io import AtomicCheckpointIO
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 BASE_CONFIG = EXPERIMENTS_DIR / "base.yaml"
-RUN_DIR_ENV = "DERMATTN_RUN_DIR"  # hands rank 0's run folder to the DDP worker processes
-#: Settings a resumed run must share with the run it continues (else its test split changes).
-DATA_IDENTITY = ("dataset", "data_dir", "source_options", "meta_features", "fold", "n_folds", "split_seed",
-                 "min_class_images")  # fmt: skip
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -80,7 +77,7 @@ class DermCLI(LightningCLI):
         args = list(sys.argv[1:] if args is None else args)
         self.resumed_config = resumed_run_config(args)
         if self.resumed_config is not None:  # the run's own settings, then the new overrides
-            args = with_run_config(args, self.resumed_config)
+            args = with_run_config(args, self.resumed_config, BASE_CONFIG)
         args = expand_net_shorthands(args, [BASE_CONFIG])
         try:
             with warnings.catch_warnings():
@@ -119,13 +116,8 @@ class DermCLI(LightningCLI):
         return "python -m experiments.train --resume {ckpt}"
 
     def discard_new_run_dir(self) -> None:
-        """Remove the run folder this run created if nothing worth keeping is in it yet (no
-        checkpoint): a run that failed before training leaves no empty folder behind."""
-        if not self.created_run_dir or self.run_dir is None or not self.run_dir.is_dir():
-            return
-        if os.environ.get("LOCAL_RANK", "0") != "0" or any(self.run_dir.glob("checkpoints/*.ckpt")):
-            return
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        """Remove the run folder this run created if nothing worth keeping is in it yet."""
+        discard_if_unused(self.run_dir, self.created_run_dir)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run.name", type=str, default="experiment", help="run folder: runs/<name>/...")
@@ -138,13 +130,16 @@ class DermCLI(LightningCLI):
                             help="W&B group (e.g. the folds of one cross-validation)")
         parser.add_argument("--run.wandb_job_type", type=str, default="train", help="W&B job type: train, cv, compare")
         parser.add_argument("--run.test", type=bool, default=True, help="test the best checkpoint after fit")
+        parser.add_argument("--run.drop_callbacks", type=list[str], default=[],
+                            help="class names of trainer.callbacks to leave out, e.g. [WandbPanels]")
         parser.add_argument("--resume", type=Optional[str], default=None, help="last.ckpt to continue from")
         for name in ("num_classes", "meta_dim", "class_names", "class_weights"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
-        # Added as plain groups (not LightningCLI callback keys): instantiate_trainer adds them.
-        parser.add_class_arguments(RunCheckpoint, "checkpoint", fail_untyped=False, instantiate=True,
+        # Plain groups, built by instantiate_trainer once the model can say what `monitor: auto` is.
+        parser.add_class_arguments(RunCheckpoint, "checkpoint", fail_untyped=False, instantiate=False,
                                    sub_configs=True)  # fmt: skip
-        parser.add_subclass_arguments(EarlyStopping, "early_stopping", required=False, fail_untyped=False)
+        parser.add_subclass_arguments(EarlyStopping, "early_stopping", required=False, fail_untyped=False,
+                                      instantiate=False)  # fmt: skip
 
     def before_instantiate_classes(self) -> None:
         config = self.config
@@ -157,45 +152,46 @@ class DermCLI(LightningCLI):
         warn_normalisation_mismatch(model.net.get("init_args") or {}, config.data)
         self.run_dir, self.created_run_dir = resolve_run_dir(config.run.root, config.run.name, config.run.dir,
                                                              config.resume, config.seed_everything)
-        os.environ[RUN_DIR_ENV] = str(self.run_dir)
+        share_with_workers(self.run_dir)
         config.trainer.default_root_dir = str(self.run_dir)
         config.checkpoint.dirpath = config.checkpoint.dirpath or str(self.run_dir / "checkpoints")
-        watching = [config.checkpoint] + ([config.early_stopping.init_args] if config.early_stopping else [])
-        for callback in watching:  # `monitor: auto` is the model's own metric; the mode follows it
-            if callback.monitor == "auto":
-                callback.monitor = model.get("monitor") or "val/auroc"
-            if callback.monitor:
-                callback.mode = "min" if "loss" in callback.monitor else "max"
 
     def instantiate_trainer(self, **kwargs):
-        run, run_dir = self.config.run, self.run_dir
-        loggers = [make_csv_logger(run_dir)]
-        if run.wandb:
-            net = self.config.model.init_args.net.class_path.rpartition(".")[2]
-            tags = [net, self.config.data.dataset, f"fold{self.config.data.fold}"]
-            loggers.append(make_wandb_logger(run_dir, run.name, run.wandb_project, group=run.wandb_group,
-                                             job_type=run.wandb_job_type, tags=tags))
-        callbacks = list(self.config_init.trainer.get("callbacks") or [])
-        callbacks += [
-            EpochSeeds(),  # first: later callbacks' epoch-start draws come from the epoch's seed
-            MidEpochMetrics(),
-            self.config_init.checkpoint,
-            LearningRateMonitor(logging_interval="epoch"),
-            EvaluationFigures(),
-            AttentionMapLogger(),  # no-op for models without attention maps
-            TestResultsWriter(str(run_dir), extra={"experiment": run.name, "run_dir": str(run_dir),
-                                                   "data": self.datamodule.summary()}),
-        ]  # fmt: skip
-        if run.wandb:  # after the test writer: its panels are built from predictions.csv / metrics.json
-            callbacks.append(WandbPanels(str(run_dir)))
-        if self.config_init.early_stopping is not None:
-            callbacks.append(self.config_init.early_stopping)
-        callbacks.append(ResumableInterruption(str(run_dir / "checkpoints"), self.resume_command()))
+        config, model = self.config, self.model
+        loggers = [make_csv_logger(self.run_dir)]
+        if config.run.wandb:
+            net = config.model.init_args.net.class_path.rpartition(".")[2]
+            tags = [net, config.data.dataset, f"fold{config.data.fold}"]
+            loggers.append(make_wandb_logger(self.run_dir, config.run.name, config.run.wandb_project,
+                                             group=config.run.wandb_group, job_type=config.run.wandb_job_type,
+                                             tags=tags))  # fmt: skip
+        watching = []
+        if config.early_stopping is not None:
+            resolve_monitor(config.early_stopping.init_args, model)
+            watching.append(instantiate_class((), config.early_stopping.as_dict()))
+        resolve_monitor(config.checkpoint, model)  # in self.config too: config.yaml shows what was watched
+        watching.append(RunCheckpoint(**config.checkpoint.as_dict()))
+        listed = without(self.config_init.trainer.get("callbacks") or [], config.run.drop_callbacks)
+        callbacks = in_order(listed, watching)
+        hand_over(callbacks, RunContext(name=config.run.name, dir=str(self.run_dir),
+                                        resume_command=self.resume_command()))
         plugins = self.config_init.trainer.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
-        return super().instantiate_trainer(logger=loggers, callbacks=callbacks, plugins=plugins, **kwargs)
+
+        def build(**more):  # fresh lists: Lightning's CLI appends its config saver to the one it gets
+            return super(DermCLI, self).instantiate_trainer(logger=list(loggers), callbacks=list(callbacks),
+                                                            plugins=list(plugins), **kwargs, **more)  # fmt: skip
+
+        trainer = build()
+        if model.toggles_requires_grad:  # DDP must then look for parameters without gradients
+            variant = find_unused_variant(config.trainer.strategy, trainer.world_size)
+            if variant:
+                rank_zero_info(f"{type(model).__name__} freezes parameters in some steps: strategy "
+                               f"{config.trainer.strategy!r} -> {variant!r}")  # fmt: skip
+                trainer = build(strategy=variant)
+        return trainer
 
 
 def explain_parse_error(err: ArgumentError, parser) -> ConfigError:
@@ -223,87 +219,3 @@ def warn_normalisation_mismatch(net_args, data) -> None:
         problem = normalisation_mismatch(backbone, data.normalize_mean, data.normalize_std)
         if problem:
             rank_zero_warn(problem)
-
-
-def resumed_run_config(args: Sequence[str]) -> Optional[Path]:
-    """``<run>/config.yaml`` of the checkpoint named by ``--resume`` in ``args``, if any."""
-    resume = None
-    for i, arg in enumerate(args):
-        if arg == "--resume" and i + 1 < len(args):
-            resume = args[i + 1]
-        elif arg.startswith("--resume="):
-            resume = arg.split("=", 1)[1]
-    if not resume or resume in ("null", "None"):
-        return None
-    try:  # before anything is written to the run folder
-        read_checkpoint(resume, mmap=True)
-    except (FileNotFoundError, CheckpointError) as err:
-        raise type(err)(f"--resume: {err}. Nothing in its run folder was changed; resume from another of its "
-                        "checkpoints (checkpoints/last.ckpt is written at the end of every epoch)") from None
-    config = Path(resume).resolve().parent.parent / "config.yaml"
-    return config if config.is_file() else None
-
-
-def with_run_config(args: Sequence[str], run_config: Path) -> list[str]:
-    """Put the run's saved config after the given ``--config`` files and before other overrides."""
-    configs, others, i = [], [], 0
-    while i < len(args):
-        if args[i] in ("--config", "-c") and i + 1 < len(args):
-            configs += args[i:i + 2]
-            i += 2
-            continue
-        (configs if args[i].startswith("--config=") else others).append(args[i])
-        i += 1
-    return [*configs, "--config", str(run_config), *others]
-
-
-def check_same_data(run_config: Path, config) -> None:
-    import yaml
-
-    saved = (yaml.safe_load(run_config.read_text()) or {}).get("data", {})
-    changed = {k: (saved.get(k), config.data.get(k)) for k in DATA_IDENTITY if saved.get(k) != config.data.get(k)}
-    if changed:
-        details = ", ".join(f"data.{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-        raise ValueError(f"--resume: the data differ from the run being resumed ({run_config}): {details}. "
-                         "Resume without changing them, or start a new run.")
-
-
-def external_job_id() -> Optional[str]:
-    """The id all ranks of an externally launched job share, or ``None``. torchrun without
-    ``--rdzv-id`` reports ``none`` for every job, which must not name a folder; SLURM steps of one
-    allocation share the job id, so the step id joins it."""
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    if run_id and run_id.lower() != "none":
-        return run_id
-    job = os.environ.get("SLURM_JOB_ID")
-    if job:
-        step = os.environ.get("SLURM_STEP_ID")
-        return f"{job}.{step}" if step else job
-    return None
-
-
-def resolve_run_dir(root: str, name: str, explicit: Optional[str], resume: Optional[str], seed) -> tuple[Path, bool]:
-    """The run's folder, and whether this call created it."""
-    if resume:
-        path = Path(resume).resolve().parent.parent  # <run>/checkpoints/last.ckpt
-    elif os.environ.get(RUN_DIR_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
-        path = Path(os.environ[RUN_DIR_ENV])  # a worker started by Lightning's DDP launcher joins rank 0's run
-    elif explicit:
-        path = Path(explicit)
-        if (path / "checkpoints").is_dir() and any((path / "checkpoints").iterdir()):
-            raise FileExistsError(f"--run.dir {path} already holds a run; --resume its last.ckpt or pick a new folder")
-    else:
-        # Externally launched ranks (torchrun, SLURM) must agree on the folder: use the job's id.
-        job = external_job_id()
-        if job and int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1:
-            path = Path(root) / name / f"job-{job}-s{seed}"
-        else:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            path = Path(root) / name / f"{stamp}-s{seed}"
-            suffix = 1
-            while path.exists():
-                suffix += 1
-                path = Path(root) / name / f"{stamp}-s{seed}-{suffix}"
-    created = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
-    return path, created

@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from experiments.runs import mean_std, train_once
-from lightning_modules.callbacks.test_results import classification_scores
+from lightning_modules.metrics.classification import classification_scores
 from lightning_modules.utils.atomic_io import atomic_write, write_json
 
 METRICS = ("auroc", "bacc", "acc")

@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from datamodules.checkpoint_data import build_datamodule, unlabeled_table  # noqa: E402
 from datamodules.records import UNLABELED  # noqa: E402
-from lightning_modules.callbacks.test_results import write_predictions  # noqa: E402
+from lightning_modules.utils.predictions_csv import write_predictions  # noqa: E402
 from lightning_modules.contracts import PredictsClasses  # noqa: E402
 from lightning_modules.modules.ensemble import (  # noqa: E402
     TTA_VIEWS,

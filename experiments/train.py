@@ -16,7 +16,8 @@ from pathlib import Path  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
 
-from experiments.cli import RUN_DIR_ENV, DermCLI  # noqa: E402
+from experiments.cli import DermCLI  # noqa: E402
+from experiments.run_folder import stop_sharing  # noqa: E402
 from lightning_modules.callbacks.interruption import ResumableInterruption  # noqa: E402
 
 
@@ -48,8 +49,7 @@ def main(args=None):
         cli.discard_new_run_dir()  # failed before a checkpoint was written: no empty run folder
         raise
     finally:
-        if os.environ.get("LOCAL_RANK", "0") == "0":
-            os.environ.pop(RUN_DIR_ENV, None)
+        stop_sharing()
         finish_wandb()
     rank_zero_info(f"finished: {cli.run_dir}")
     sync = wandb_sync_command(cli.run_dir)

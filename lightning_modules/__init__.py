@@ -1,3 +1,3 @@
 """dermattn's models: networks (``nets/``), the LightningModules that train them (``modules/``),
-the capabilities a network may declare (``contracts.py``), and what observes or explains them
-(``callbacks/``, ``analysis/``, ``protopnet/``, ``metrics/``)."""
+the capabilities a network may declare (``contracts.py``), the callbacks that run with them
+(``callbacks/``), and what scores or explains them (``analysis/``, ``protopnet/``, ``metrics/``)."""

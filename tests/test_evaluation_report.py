@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from lightning_modules.callbacks.test_results import classification_scores, write_predictions
+from lightning_modules.metrics.classification import classification_scores
+from lightning_modules.utils.predictions_csv import write_predictions
 from lightning_modules.evaluation import (
     REPORT_KEYS,
     PredictionsError,

@@ -264,6 +264,62 @@ def test_trainer_writes_checkpoints_atomically(tmp_path, synthetic_cache):
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
+def test_callbacks_come_from_the_config_in_order(tmp_path, synthetic_cache):
+    """base.yaml's list, ``checkpoint`` and ``early_stopping`` before the checkpoint callbacks, one
+    added and one left out by name; the callbacks that need the run's name and resume command
+    get them from the CLI."""
+    from experiments.cli import DermCLI
+    from experiments.net_options import ConfigError
+    from lightning_modules.callbacks.interruption import ResumableInterruption
+
+    stop = json.dumps({"class_path": "tests.test_resume.StopBeforeEpoch", "init_args": {"epoch": 9}})
+    args = quick_args(REPO / "experiments" / "metablock.yaml", tmp_path, synthetic_cache, "--run.wandb=false",
+                      f"--trainer.callbacks+={stop}", "--run.drop_callbacks=[AttentionMapLogger]",
+                      "--early_stopping.init_args.patience=5", "--checkpoint.save_top_k=3")  # fmt: skip
+    cli = DermCLI(args=args)
+    names = [type(c).__name__ for c in cli.trainer.callbacks if type(c).__module__.split(".")[0] != "lightning"
+             or type(c).__name__ in ("LearningRateMonitor", "EarlyStopping")]  # not Lightning's progress bar, summary
+    assert names == ["EpochSeeds", "MidEpochMetrics", "LearningRateMonitor", "EvaluationFigures", "ResultsWriter",
+                     "WandbPanels", "EarlyStopping", "StopBeforeEpoch", "SaveRunConfig", "RunCheckpoint",
+                     "ResumableInterruption"]  # fmt: skip
+    checkpoint, stopping = cli.trainer.checkpoint_callback, cli.trainer.early_stopping_callback
+    assert (checkpoint.monitor, checkpoint.mode, checkpoint.save_top_k) == ("val/auroc", "max", 3)
+    assert (stopping.monitor, stopping.mode, stopping.patience) == ("val/auroc", "max", 5)
+    (interruption,) = [c for c in cli.trainer.callbacks if isinstance(c, ResumableInterruption)]
+    assert interruption.ckpt_path == str(cli.run_dir / "checkpoints" / "interrupted.ckpt")
+    assert interruption.resume_command == "make train EXP=metablock RESUME={ckpt}"
+    assert cli.trainer.default_root_dir == str(cli.run_dir)
+    with pytest.raises(ConfigError, match=r"--run.drop_callbacks: \['Nope'\] not in trainer.callbacks"):
+        DermCLI(args=quick_args(REPO / "experiments" / "metablock.yaml", tmp_path, synthetic_cache,
+                                "--run.wandb=false", "--run.drop_callbacks=[Nope]"))  # fmt: skip
+
+
+def test_protopnet_under_ddp_looks_for_unused_parameters(tmp_path, synthetic_cache, caplog):
+    """ProtoPNet freezes its backbone in warm-up: a DDP run, asked for or chosen by ``auto``, gets
+    the find-unused-parameters variant; one process stays as it is."""
+    import logging
+
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    from experiments.cli import DermCLI
+    from experiments.strategy import find_unused_variant
+
+    assert find_unused_variant("ddp", 2) == "ddp_find_unused_parameters_true"
+    assert find_unused_variant("ddp_spawn", 2) == "ddp_spawn_find_unused_parameters_true"
+    assert find_unused_variant("auto", 4) == "ddp_find_unused_parameters_true"
+    assert find_unused_variant("auto", 1) is None and find_unused_variant("ddp_find_unused_parameters_false", 2) is None
+    assert find_unused_variant(DDPStrategy(), 2) is None  # a strategy object is the user's own
+    config = REPO / "experiments" / "protopnet.yaml"
+    with caplog.at_level(logging.INFO):
+        cli = DermCLI(args=quick_args(config, tmp_path, synthetic_cache, "--run.wandb=false",
+                                      "--trainer.accelerator=cpu", "--trainer.devices=2"))  # fmt: skip
+    assert isinstance(cli.trainer.strategy, DDPStrategy) and cli.trainer.world_size == 2
+    assert "ProtoPNetModule freezes parameters in some steps: strategy 'auto' -> 'ddp_find_unused_parameters_true'" \
+        in caplog.text
+    one = DermCLI(args=quick_args(config, tmp_path, synthetic_cache, "--run.wandb=false", "--trainer.accelerator=cpu"))
+    assert isinstance(one.trainer.strategy, SingleDeviceStrategy)
+
+
 def test_mask_regulariser_is_logged_and_refuses_data_without_masks(tmp_path, synthetic_cache):
     config = REPO / "experiments" / "soft_attention.yaml"
     limits = ("--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",

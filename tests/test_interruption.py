@@ -34,10 +34,10 @@ def run_environment() -> dict[str, str]:
 def start_paused_run(tmp_path: Path, synthetic_cache: Path, step: int, hook: str = "train_batch_end",
                      until_held: bool = True) -> tuple[subprocess.Popen, Path]:
     marker = tmp_path / "paused"
-    pause = [{"class_path": "tests.interrupt_helpers.PauseAtStep",
-              "init_args": {"step": step, "marker": str(marker), "hook": hook, "until_held": until_held}}]
+    pause = {"class_path": "tests.interrupt_helpers.PauseAtStep",
+             "init_args": {"step": step, "marker": str(marker), "hook": hook, "until_held": until_held}}
     args = quick_args(REPO / "experiments" / "metablock.yaml", tmp_path / "runs", synthetic_cache, *LIMITS,
-                      f"--trainer.callbacks={json.dumps(pause)}")  # fmt: skip
+                      f"--trainer.callbacks+={json.dumps(pause)}")  # fmt: skip
     # A shell that starts jobs in the background (CI runners, `make ... &`) makes them ignore
     # SIGINT, and Python then never turns Ctrl-C into KeyboardInterrupt: give the run a terminal's
     # default disposition, as a user's would have.

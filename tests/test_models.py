@@ -127,7 +127,8 @@ def test_plateau_scheduler_must_match_the_monitor():
         module.configure_optimizers()
     module.scheduler_factory = partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode="max")
     config = module.configure_optimizers()
-    assert config["lr_scheduler"]["monitor"] == "val/auroc"
+    assert config["lr_scheduler"]["monitor"] == "val/auroc" and module.monitor_mode == "max"
+    assert LesionClassifier(net=FUSION, num_classes=3, meta_dim=2, monitor="val/loss").monitor_mode == "min"
 
 
 def test_normalisation_mismatch_with_the_pretrained_weights():

@@ -20,7 +20,7 @@ def protopnet_run(tmp_path_factory, synthetic_cache) -> Path:
     root = tmp_path_factory.mktemp("protopnet")
     return train(quick_args(
         REPO / "experiments" / "protopnet.yaml", root, synthetic_cache,
-        "--trainer.max_epochs=3", "--trainer.callbacks.init_args.push_start=2",
+        "--trainer.max_epochs=3", "--model.init_args.push_start=2",
         "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=3",
         "--model.init_args.prototypes_per_class=3", "--data.image_size=48",
     ))  # fmt: skip
@@ -126,8 +126,8 @@ def test_push_under_ddp_on_two_cpu_processes(tmp_path, synthetic_cache):
     import sys
 
     args = quick_args(REPO / "experiments" / "protopnet.yaml", tmp_path, synthetic_cache,
-                      "--trainer.accelerator=cpu", "--trainer.strategy=ddp_find_unused_parameters_true",
-                      "--trainer.devices=2", "--trainer.max_epochs=2", "--trainer.callbacks.init_args.push_start=2",
+                      "--trainer.accelerator=cpu", "--trainer.strategy=ddp",  # made find-unused by the CLI
+                      "--trainer.devices=2", "--trainer.max_epochs=2", "--model.init_args.push_start=2",
                       "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
                       "--model.init_args.prototypes_per_class=2", "--run.wandb=false")  # fmt: skip
     subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=REPO, check=True, timeout=900)

@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from datamodules.samplers import ClassBalancedBatchSampler, SeededSampler
 from experiments.train import main as train
@@ -22,8 +23,8 @@ LIMITS = ("--trainer.max_epochs=3", "--trainer.limit_train_batches=4", "--traine
 CASES = {
     "metablock": ("metablock.yaml",),
     # A push after every epoch: one before the stop (epoch 1) and one after it (epoch 2).
-    "protopnet": ("protopnet.yaml", "--trainer.callbacks.init_args.push_start=1",
-                  "--trainer.callbacks.init_args.push_every=1", "--model.init_args.prototypes_per_class=2",
+    "protopnet": ("protopnet.yaml", "--model.init_args.push_start=1",
+                  "--model.init_args.push_every=1", "--model.init_args.prototypes_per_class=2",
                   "--model.init_args.last_layer_epochs=2"),
     "abe": ("abe.yaml",),  # P x K batches
 }  # fmt: skip
@@ -74,8 +75,11 @@ def test_resume_after_an_epoch_equals_the_uninterrupted_run(case, tmp_path, synt
     args = quick_args(REPO / "experiments" / config, tmp_path / "runs", synthetic_cache, *LIMITS, *extra)
     whole = train(args + ["--run.name=whole"])
 
-    stop = json.dumps({"class_path": "tests.test_resume.StopBeforeEpoch", "init_args": {"epoch": 2}})
-    stopped_args = args + ["--run.name=stopped", f"--trainer.callbacks+={stop}"]  # after the config's own
+    # First of all callbacks, as a kill between epochs would be: before any epoch-start hook acts
+    # (the learning-rate monitor logs there).
+    stop = {"class_path": "tests.test_resume.StopBeforeEpoch", "init_args": {"epoch": 2}}
+    defaults = yaml.safe_load((REPO / "experiments" / "base.yaml").read_text())["trainer"]["callbacks"]
+    stopped_args = args + ["--run.name=stopped", f"--trainer.callbacks={json.dumps([stop, *defaults])}"]
     with pytest.raises(RuntimeError, match="stopped for the test"):
         train(stopped_args)
     (stopped,) = (tmp_path / "runs" / "stopped").iterdir()

@@ -31,28 +31,43 @@ epoch's validation; by raising ``SIGTERMException`` after the sanity check).
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
+from typing import Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import OnExceptionCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lightning_modules.callbacks.run_context import UsesRunContext
 from lightning_modules.lightning_compat import set_received_sigterm
 
 
-class ResumableInterruption(OnExceptionCheckpoint):
-    def __init__(self, dirpath: str, resume_command: str = "python -m experiments.train --resume {ckpt}"):
-        """``resume_command``: how to resume, with ``{ckpt}`` for the checkpoint's path."""
+class ResumableInterruption(UsesRunContext, OnExceptionCheckpoint):
+    def __init__(self, dirpath: Optional[str] = None, resume_command: Optional[str] = None):
+        """``dirpath``: where ``interrupted.ckpt`` goes; default: ``checkpoints/`` in the
+        :class:`RunContext`'s run folder (or the working directory). ``resume_command``: how to
+        resume, with ``{ckpt}`` for the checkpoint's path; default: the :class:`RunContext`'s."""
         super().__init__(dirpath=dirpath, filename="interrupted")
-        self.resume_command = resume_command
+        self._resume_command = resume_command
         self.stopped_by: str | None = None  # "SIGTERM" or "Ctrl-C" once a held signal stops the run
         self._held: list[str] = []
         self._ctrl_c_message = ""  # what the held signals wait for, and what stopping at once loses
         self._handlers: dict[int, object] = {}
         self._held_through_sanity_check: list[str] | None = None  # decided on in on_train_start
+
+    @property
+    def resume_command(self) -> str:
+        return self._resume_command or self.run_context.resume_command
+
+    @property
+    def ckpt_path(self) -> str:
+        # Lightning reads it as `fit` starts, before any hook could show the trainer's folder.
+        folder = self.dirpath or os.path.join(self.run_context.dir or os.getcwd(), "checkpoints")
+        return os.path.join(folder, self.filename + self.FILE_EXTENSION)
 
     # -- signals held through an epoch's validation and through the sanity check ----------------
 
@@ -138,7 +153,7 @@ class ResumableInterruption(OnExceptionCheckpoint):
         if trainer.state.fn == TrainerFn.FITTING and (trainer.validating or trainer.sanity_checking):
             self._release_signals()
             if trainer.is_global_zero:
-                last = Path(self.dirpath) / "last.ckpt"
+                last = Path(self.ckpt_path).parent / "last.ckpt"
                 hint = (f"resume from the previous epoch's end with: {self.resume_command.format(ckpt=last)}"
                         if last.exists() else "nothing to resume from: start the run again")  # fmt: skip
                 during = "the sanity check" if trainer.sanity_checking else "validation"

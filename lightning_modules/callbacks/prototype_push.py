@@ -1,11 +1,13 @@
-"""When ProtoPNet pushes, and what a push looks like.
+"""When ProtoPNet pushes, and what a push looks like. ``ProtoPNetModule.configure_callbacks``
+brings it, on the module's schedule (``push_start``, ``push_every``, ``push_at_end``).
 
-On push epochs, after the epoch's last training batch (so the epoch's validation and checkpoint
-see the pushed model), this callback hands every training image once, un-augmented, to
-``ProtoPNetModule.push_prototypes`` (the projection and the last-layer fit are the module's), then
-records for every prototype its source image, patch location, distance, receptive-field box and the
-box of the top 5 % of its upsampled activation, in ``<run>/prototypes/epochNNN/prototypes.json``,
-with three pictures per prototype beside it and a W&B panel.
+It changes the model: on push epochs, after the epoch's last training batch (so the epoch's
+validation and checkpoint see the pushed model), it hands every training image once,
+un-augmented, to ``ProtoPNetModule.push_prototypes``, which moves the prototypes onto training
+patches and refits the last layer. Then it records for every prototype its source image, patch
+location, distance, receptive-field box and the box of the top 5 % of its upsampled activation,
+in ``<run>/prototypes/epochNNN/prototypes.json``, with three pictures per prototype beside it and
+a W&B panel.
 
 The record is the callback's state, so it lives in checkpoints and a resumed run keeps it (the
 analysis tools read it from there).
@@ -32,10 +34,7 @@ class PrototypePush(L.Callback):
                  dirpath: Optional[str] = None, pictures: bool = True, activation_percentile: float = 95.0):
         """
         Args:
-            push_start, push_every: push after epochs push_start, push_start + push_every, ...
-                (counted from 1, as in the paper: "push at epoch 10 and every 10 epochs").
-            push_at_end: also push after the final epoch, so the final model's prototypes are
-                training patches.
+            push_start, push_every, push_at_end: the schedule, as ``ProtoPNetModule`` documents it.
             dirpath: where pictures and records go (``<dirpath>/prototypes/``); default: the
                 trainer's run folder (``default_root_dir``).
         """

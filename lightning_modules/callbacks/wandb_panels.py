@@ -5,7 +5,7 @@ has attention, label, prediction, probability per class, patient/lesion group) a
 scores of the best checkpoint in the run summary.
 
 It observes: the test panels are built from the run's own ``predictions.csv`` and
-``metrics.json`` (written by ``TestResultsWriter`` just before), so the dashboard shows exactly
+``metrics.json`` (written by ``ResultsWriter`` just before), so the dashboard shows exactly
 the files' numbers. Without a W&B logger it does nothing.
 """
 
@@ -47,10 +47,12 @@ def confusion_plot(y_true: list[int], y_pred: list[int], names: list[str], title
 
 
 class WandbPanels(L.Callback):
-    def __init__(self, run_dir: str, max_table_rows: int = 1000, thumbnail_size: int = 96):
-        """``max_table_rows``: the predictions table holds at most this many test images (the
-        first in the test split's order); ``thumbnail_size``: their pictures' side in pixels."""
-        self.run_dir = Path(run_dir)
+    def __init__(self, dirpath: Optional[str] = None, max_table_rows: int = 1000, thumbnail_size: int = 96):
+        """``dirpath``: where ``ResultsWriter`` wrote the test files; default: the trainer's run folder
+        (``default_root_dir``). ``max_table_rows``: the predictions table holds at most this many
+        test images (the first in the test split's order); ``thumbnail_size``: their pictures' side
+        in pixels."""
+        self.dirpath = dirpath
         self.max_table_rows, self.thumbnail_size = max_table_rows, thumbnail_size
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -65,7 +67,8 @@ class WandbPanels(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger = wandb_logger(trainer)
-        predictions, metrics = self.run_dir / "predictions.csv", self.run_dir / "metrics.json"
+        folder = Path(self.dirpath or trainer.default_root_dir)
+        predictions, metrics = folder / "predictions.csv", folder / "metrics.json"
         if logger is None or not trainer.is_global_zero or not predictions.is_file() or not metrics.is_file():
             return
         import wandb

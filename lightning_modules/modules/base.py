@@ -17,7 +17,7 @@ Batches are dicts from :class:`datamodules.dataset.LesionDataset`: ``image``, ``
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import lightning as L
 import torch
@@ -31,6 +31,10 @@ from lightning_modules.training.schedules import WarmupCosine
 
 
 class DermModule(L.LightningModule):
+    #: Whether some trainable parameters go without gradients in some steps (frozen for a stage):
+    #: DDP must then look for them after each forward pass, and the CLI picks that DDP variant.
+    toggles_requires_grad: ClassVar[bool] = False
+
     def __init__(
         self,
         net: NetFactory,
@@ -74,6 +78,24 @@ class DermModule(L.LightningModule):
         self.attention_names = tuple(self.net.attention_names) if isinstance(self.net, AttentionNet) else ()
         self.lesion_mass = LesionMassScores(self.attention_names)
         self._reports: dict[str, EvaluationReport] = {}
+
+    # -- what the run watches --------------------------------------------------------------------
+    @property
+    def monitor(self) -> str:
+        """The validation metric that selects checkpoints, stops early and drives plateau schedules
+        (the ``monitor`` argument; ``monitor: auto`` in ``checkpoint:`` / ``early_stopping:`` means this)."""
+        return self.hparams.monitor
+
+    @property
+    def monitor_mode(self) -> str:
+        """Whether :attr:`monitor` improves downwards (``min``) or upwards (``max``)."""
+        return self.mode_of(self.monitor)
+
+    @staticmethod
+    def mode_of(metric: str) -> str:
+        """``min`` for losses, ``max`` for the scores every module logs (AUROC, Recall@K, ...); a module
+        that logs a score which improves downwards overrides this."""
+        return "min" if "loss" in metric else "max"
 
     # -- GPU options (compile, channels_last) --------------------------------------------------
     def configure_model(self) -> None:
@@ -133,8 +155,7 @@ class DermModule(L.LightningModule):
             scheduler.run_epochs = self.trainer.max_epochs
         config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
         if isinstance(scheduler, ReduceLROnPlateau):
-            wanted = "min" if "loss" in self.hparams.monitor else "max"
-            if scheduler.mode != wanted:  # ReduceLROnPlateau defaults to "min": wrong for AUROC
-                raise ValueError(f"ReduceLROnPlateau watches {self.hparams.monitor}: set its mode: {wanted}")
-            config["monitor"] = self.hparams.monitor
+            if scheduler.mode != self.monitor_mode:  # ReduceLROnPlateau defaults to "min": wrong for AUROC
+                raise ValueError(f"ReduceLROnPlateau watches {self.monitor}: set its mode: {self.monitor_mode}")
+            config["monitor"] = self.monitor
         return {"optimizer": optimizer, "lr_scheduler": config}

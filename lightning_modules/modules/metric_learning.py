@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import torch
 
-from lightning_modules.callbacks.test_results import gather_unique_tensors
+from lightning_modules.metrics.gather import gather_unique_tensors
 from lightning_modules.contracts import EmbeddingNet, EvaluationData, evaluation_data
 from lightning_modules.lightning_compat import attached_trainer
 from lightning_modules.metrics.retrieval import knn_probabilities, recall_at_k

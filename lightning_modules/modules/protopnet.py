@@ -3,19 +3,28 @@
     epochs [0, warmup)     warm-up: backbone frozen; add-on and prototypes at warm_lr
     epochs [warmup, ...)   joint: backbone joint_backbone_lr, add-on and prototypes joint_lr,
                            x joint_lr_gamma every joint_lr_step epochs
-    push epochs            ``push_prototypes`` (called by the ``PrototypePush`` callback after the
-                           epoch's last batch) projects every prototype onto its nearest training
-                           patch and optimises the last layer alone (convex), before that epoch's
-                           validation
+    push epochs            ``push_prototypes`` projects every prototype onto its nearest training
+                           patch and optimises the last layer alone (convex), after the epoch's
+                           last batch and before that epoch's validation; the module brings the
+                           ``PrototypePush`` callback that decides when and records the result
+                           (``configure_callbacks``: push_start, push_every, push_at_end)
 
 The stage learning rates are a ``LambdaLR`` with one factor per parameter group; the backbone is
 frozen in warm-up by ``requires_grad`` (so Adam keeps no moments from a stage where it does not
 train), and its BatchNorm layers stay in train mode and keep updating their statistics, as the
-reference code does. The last layer keeps its +1 / -0.5 initialisation during warm-up and joint
-training, as in the paper. Checkpoints are selected on ``val/push_auroc``: the validation AUROC of
-epochs that ended with a push (0 otherwise), so the tested model's prototypes are real training
-patches. (The reference code picked checkpoints on the test set: ``main.py`` of
-https://github.com/cfchen-duke/ProtoPNet/tree/81bf2b70cb60e4f36e25e8be386eb616b7459321.)
+reference code does (``warm_only`` in train_and_test.py of
+https://github.com/cfchen-duke/ProtoPNet/tree/81bf2b70cb60e4f36e25e8be386eb616b7459321).
+Lightning's ``BaseFinetuning`` is not used for this: its ``freeze(train_bn=True)`` trains the
+BatchNorm weights in warm-up, ``train_bn=False`` stops their statistics, and neither is the
+paper's warm-up; its ``unfreeze_and_add_param_group`` would add the backbone's parameter group
+at the joint stage, which the per-group ``LambdaLR`` factors and the optimiser state of an exact
+resume would then have to follow. Under DDP the frozen parameters get no gradient, so the module
+declares ``toggles_requires_grad`` and the CLI runs DDP's ``find_unused_parameters`` variant.
+
+The last layer keeps its +1 / -0.5 initialisation during warm-up and joint training, as in the
+paper. Checkpoints are selected on ``val/push_auroc``: the validation AUROC of epochs that ended
+with a push (0 otherwise), so the tested model's prototypes are real training patches. (The
+reference code picked checkpoints on the test set: its ``main.py``.)
 """
 
 from __future__ import annotations
@@ -24,9 +33,11 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import LambdaLR
 
+from lightning_modules.callbacks.prototype_push import PrototypePush
 from lightning_modules.contracts import PrototypeNet, StepResult
 from lightning_modules.modules.classifier import LesionClassifier
 from lightning_modules.protopnet.projection import (
@@ -63,6 +74,8 @@ class PushOutcome:
 
 
 class ProtoPNetModule(LesionClassifier):
+    toggles_requires_grad = True  # the backbone in warm-up; the last layer outside the push
+
     def __init__(
         self,
         cluster_weight: float = PROTOPNET_LOSS_WEIGHTS["clst"],
@@ -78,6 +91,9 @@ class ProtoPNetModule(LesionClassifier):
         last_layer_epochs: int = 20,
         last_layer_lr: float = 1e-4,
         last_layer_batch_size: int = 256,
+        push_start: int = 10,
+        push_every: int = 10,
+        push_at_end: bool = True,
         activation_box: str = "before",
         monitor: str = "val/push_auroc",
         **kwargs: Any,
@@ -90,6 +106,10 @@ class ProtoPNetModule(LesionClassifier):
             weight_decay: on backbone and add-on layers (not on prototypes), as in the paper's code.
             last_layer_epochs, last_layer_lr, last_layer_batch_size: the last-layer-only
                 optimisation after each push.
+            push_start, push_every: push after epochs push_start, push_start + push_every, ...
+                (counted from 1, as in the paper: "push at epoch 10 and every 10 epochs").
+            push_at_end: also push after the final epoch, so the final model's prototypes are
+                training patches.
             activation_box: which similarity map a push record's activation box (the top 5 % of
                 the upsampled map on the source image) is taken from: ``before`` projection (the
                 prototype as it was trained, which the patch was chosen for; the reference ``push.py``'s
@@ -155,6 +175,14 @@ class ProtoPNetModule(LesionClassifier):
         self.log("train/stage_joint", float(stage == "joint"), on_epoch=True, on_step=False)
 
     # -- the push --------------------------------------------------------------------------------
+    def configure_callbacks(self) -> list[PrototypePush]:
+        """The push, on this module's schedule, when fitting; it records each push in the run folder
+        and in checkpoints (its state)."""
+        if self.trainer.state.fn != TrainerFn.FITTING:
+            return []  # nothing to push in a test; the fit's push (and its record) stays as it was
+        hp = self.hparams
+        return [PrototypePush(push_start=hp.push_start, push_every=hp.push_every, push_at_end=hp.push_at_end)]
+
     def push_prototypes(self, batches: Iterable[dict]) -> PushOutcome:
         """Project every prototype onto its nearest training patch and optimise the last layer
         alone. ``batches``: every training image once, un-augmented (this process's shard under

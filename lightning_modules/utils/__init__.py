@@ -1,1 +1,1 @@
-"""Plain helpers: atomic file writes, pictures, figures, image logging."""
+"""Plain helpers: atomic file writes, predictions.csv, pictures, figures, image logging."""
