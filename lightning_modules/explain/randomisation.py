@@ -6,8 +6,9 @@ block every map is recomputed (for the class the trained model predicted) and co
 trained model's map of the same image:
 
 - Spearman rank correlation of the two maps' cell values (ties ranked by their average);
-- SSIM of the two maps, each scaled to [0, 1] and resized to the image (torchmetrics' SSIM:
-  Gaussian window, sigma 1.5, as in Wang et al. 2004).
+- SSIM of the two maps, each scaled to [0, 1] and resized to the image (Wang et al. 2004:
+  Gaussian window, sigma 1.5, the mean over the pixels a whole window covers; torchmetrics'
+  SSIM map averaged as scikit-image's ``structural_similarity`` averages it).
 
 Values near 1 after the network is randomised mean the map does not depend on what the network
 learned. Blocks: the network's parametrised children, with a backbone (a timm feature extractor),
@@ -119,8 +120,16 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(rho).float()
 
 
+SSIM_SIGMA = 1.5
+SSIM_BORDER = int(3.5 * SSIM_SIGMA + 0.5)  # the Gaussian window's radius (truncated at 3.5 sigma)
+
+
 def ssim(a: torch.Tensor, b: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Per-map SSIM of two ``(B, h, w)`` batches, each map scaled to [0, 1] and resized to ``size``."""
-    x = normalise(upsample(a.float().cpu(), size))[:, None]
-    y = normalise(upsample(b.float().cpu(), size))[:, None]
-    return structural_similarity_index_measure(x, y, data_range=1.0, reduction="none").float()
+    """Per-map SSIM of two ``(B, h, w)`` batches, each map scaled to [0, 1] and resized to ``size``
+    (at least 2 window radii + 1 pixels a side)."""
+    x = normalise(upsample(a.float().cpu(), size))[:, None].double()
+    y = normalise(upsample(b.float().cpu(), size))[:, None].double()
+    _, full = structural_similarity_index_measure(x, y, data_range=1.0, sigma=SSIM_SIGMA, reduction="none",
+                                                  return_full_image=True)  # fmt: skip
+    r = SSIM_BORDER
+    return full[..., r:-r, r:-r].mean(dim=(1, 2, 3)).float()
