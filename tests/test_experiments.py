@@ -15,11 +15,13 @@ import pytest
 import torch
 import yaml
 
+from experiments import registry
 from experiments.train import main as train
 from tests.conftest import SMALL_SYNTHETIC
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted(p for p in (REPO / "experiments").glob("*.yaml") if p.name != "base.yaml")
+# Every experiment config, as the registry lists them (experiments/registry.yaml).
+EXPERIMENTS = sorted(REPO / "experiments" / f"{name}.yaml" for name in registry.experiments())
 
 
 def quick_args(config: Path, run_root: Path, synthetic_cache: Path, *extra: str) -> list[str]:
