@@ -22,6 +22,7 @@ SITES = [
 NUMERIC = ["age_approx"]
 CATEGORICAL = {"anatom_site_general": SITES, "sex": ["male", "female"]}
 DEFAULT_FEATURES = ["age_approx", "anatom_site_general", "sex"]
+SUBGROUP_FIELDS = ["sex", "age_approx", "anatom_site_general"]
 IMAGE_FOLDERS = ["ISIC_2019_Training_Input", "images"]
 #: The challenge test set: metadata without ``lesion_id`` and no ground truth.
 TEST_METADATA = "ISIC_2019_Test_Metadata.csv"
@@ -65,6 +66,7 @@ def read(data_dir: str | Path) -> LesionTable:
         numeric_columns=list(NUMERIC),
         categorical_columns=list(CATEGORICAL),
         default_features=list(DEFAULT_FEATURES),
+        subgroup_fields=list(SUBGROUP_FIELDS),
     )
 
 

@@ -72,8 +72,15 @@ def check_row_lengths(dataset: str, path: Path, n_columns: int) -> None:
 
 
 def line_of(row_index: int) -> int:
-    """CSV line number of a data row (the header is line 1)."""
+    """CSV line number of a data row (the header is line 1). Parsers pass a frame's index label, so
+    a frame that lost rows (or one built from another format, indexed by line - 2) still names
+    the right lines."""
     return int(row_index) + 2
+
+
+def lines_of(frame: pd.DataFrame) -> list[int]:
+    """The file line of every row of ``frame``."""
+    return [line_of(i) for i in frame.index]
 
 
 def is_missing(value: str) -> bool:
@@ -133,13 +140,13 @@ def parse_metadata(
     for column in numeric:
         if column not in frame.columns:
             continue
-        for i, value in enumerate(frame[column].tolist()):
-            rows[i][column] = parse_number(dataset, path, column, i, value)
+        for row, (i, value) in zip(rows, frame[column].items()):
+            row[column] = parse_number(dataset, path, column, i, value)
     for column, vocabulary in categorical.items():
         if column not in frame.columns:
             continue
-        for i, value in enumerate(frame[column].tolist()):
-            rows[i][column] = parse_category(dataset, path, column, i, value, vocabulary)
+        for row, (i, value) in zip(rows, frame[column].items()):
+            row[column] = parse_category(dataset, path, column, i, value, vocabulary)
     return rows
 
 
@@ -149,7 +156,7 @@ def parse_labels(
     """Class indices of ``column``; an unknown or blank label stops with every offending line."""
     lookup = {name.lower(): k for k, name in enumerate(class_names)}
     labels, bad = [], []
-    for i, value in enumerate(frame[column].tolist()):
+    for i, value in frame[column].items():
         k = lookup.get(value.strip().lower())
         if k is None:
             bad.append((line_of(i), value))
@@ -191,18 +198,22 @@ class ImageIndex:
                         elif key == path.stem and self.by_stem[key] != path:
                             self.also.setdefault(key, []).append(path)
 
-    def resolve_all(self, csv_path: Path, image_ids: Sequence[str]) -> list[Path]:
-        """The file of every id; every missing one is reported (with its CSV line) at once."""
-        paths, missing = [], []
-        for i, image_id in enumerate(image_ids):
-            path = self.by_stem.get(image_id) or self.by_stem.get(Path(image_id).stem)
-            if path is None:
-                missing.append((line_of(i), image_id))
-            paths.append(path)
+    def find(self, image_id: str) -> Optional[Path]:
+        """The file of ``image_id`` (a file name, or a name without extension), or ``None``."""
+        return self.by_stem.get(image_id) or self.by_stem.get(Path(image_id).stem)
+
+    def resolve_all(
+        self, csv_path: Path, image_ids: Sequence[str], lines: Optional[Sequence[int]] = None, what: str = "image"
+    ) -> list[Path]:
+        """The file of every id; every missing one is reported (with its line: ``lines``, else
+        the CSV line of the id's position) at once. ``what`` names the files in that message."""
+        lines = lines if lines is not None else [line_of(i) for i in range(len(image_ids))]
+        paths = [self.find(image_id) for image_id in image_ids]
+        missing = [(n, image_id) for n, image_id, path in zip(lines, image_ids, paths) if path is None]
         if missing:
             shown = ", ".join(f"{name} (line {n})" for n, name in missing[:10])
             raise DatasetError(
-                f"{self.dataset}: {len(missing)} image(s) listed in {csv_path} are missing from "
+                f"{self.dataset}: {len(missing)} {what}(s) listed in {csv_path} are missing from "
                 f"{[str(p) for p in self.searched]}: {shown}{', ...' if len(missing) > 10 else ''}"
             )
         doubled = [(image_id, path) for image_id, path in zip(image_ids, paths) if path.stem in self.also]
@@ -217,6 +228,25 @@ class ImageIndex:
         return paths
 
 
+def mask_paths(
+    dataset: str,
+    root: Path,
+    folders: Sequence[str],
+    csv_path: Path,
+    mask_ids: Sequence[str],
+    lines: Optional[Sequence[int]] = None,
+    required: bool = False,
+) -> list[Optional[Path]]:
+    """The lesion mask file of every id, found like images in ``folders`` under ``root``.
+
+    Masks are often a separate download: with none of ``folders`` present every record gets
+    ``None`` (an error with ``required``); once a mask folder is there, a missing mask is an error
+    listing every one, never a record silently without its mask."""
+    if not required and not any((root / folder).is_dir() for folder in folders):
+        return [None] * len(mask_ids)
+    return list(ImageIndex(dataset, root, folders).resolve_all(csv_path, mask_ids, lines, what="lesion mask"))
+
+
 def check_unique(dataset: str, path: Path, frame: pd.DataFrame, column: str) -> None:
     duplicated = frame[column][frame[column].duplicated(keep=False)]
     if len(duplicated):
@@ -226,7 +256,7 @@ def check_unique(dataset: str, path: Path, frame: pd.DataFrame, column: str) -> 
 
 
 def check_nonblank(dataset: str, path: Path, frame: pd.DataFrame, column: str) -> None:
-    blank = [line_of(i) for i, v in enumerate(frame[column].tolist()) if not v.strip()]
+    blank = [line_of(i) for i, v in frame[column].items() if not v.strip()]
     if blank:
         raise DatasetError(
             f"{dataset}: {path} column '{column}' is blank on line(s) {blank[:10]}"
@@ -241,9 +271,15 @@ def make_records(
     groups: Sequence[str],
     meta: Sequence[dict[str, MetaValue]],
     masks: Optional[Sequence[Optional[Path]]] = None,
+    lines: Optional[Sequence[int]] = None,
+    official_splits: Optional[Sequence[Optional[str]]] = None,
 ) -> list[LesionRecord]:
-    """One record per CSV row, in file order (``line`` points back at the row)."""
-    masks = masks if masks is not None else [None] * len(image_ids)
+    """One record per CSV row, in file order (``line`` points back at the row: ``lines``, else
+    the CSV line of the row's position)."""
+    n = len(image_ids)
+    masks = masks if masks is not None else [None] * n
+    lines = lines if lines is not None else [line_of(i) for i in range(n)]
+    official_splits = official_splits if official_splits is not None else [None] * n
     return [
         LesionRecord(
             image_id=Path(image_id).stem,
@@ -251,11 +287,12 @@ def make_records(
             label=label,
             group=group,
             meta=row_meta,
-            line=line_of(i),
+            line=line,
             mask_path=mask,
+            official_split=split,
         )
-        for i, (image_id, path, label, group, row_meta, mask) in enumerate(
-            zip(image_ids, paths, labels, groups, meta, masks)
+        for image_id, path, label, group, row_meta, mask, line, split in zip(
+            image_ids, paths, labels, groups, meta, masks, lines, official_splits
         )
     ]
 
