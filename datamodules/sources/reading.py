@@ -170,6 +170,48 @@ def parse_labels(
     return labels
 
 
+#: Spellings of a yes/no cell: the challenges write 0.0/1.0, pandas-written CSVs True/False.
+FLAGS = {"0": False, "1": True, "0.0": False, "1.0": True, "false": False, "true": True}
+
+
+def parse_flags(dataset: str, path: Path, frame: pd.DataFrame, column: str) -> list[bool]:
+    """A 0/1 (or True/False) column; anything else, blank included, stops with every bad line."""
+    flags, bad = [], []
+    for i, value in frame[column].items():
+        flag = FLAGS.get(value.strip().lower())
+        if flag is None:
+            bad.append((line_of(i), value))
+        flags.append(bool(flag))
+    if bad:
+        shown = ", ".join(f"line {n}: {v!r}" for n, v in bad[:10])
+        raise DatasetError(f"{dataset}: {path} column '{column}' must be 0/1 (or True/False); {len(bad)} cell(s) are "
+                           f"not ({shown}{', ...' if len(bad) > 10 else ''})")
+    return flags
+
+
+def metadata_by_id(
+    dataset: str,
+    path: Path,
+    image_ids: Sequence[str],
+    meta_path: Path,
+    meta_frame: pd.DataFrame,
+    id_column: str,
+    numeric: Sequence[str],
+    categorical: dict[str, Optional[Sequence[str]]],
+) -> list[dict[str, MetaValue]]:
+    """The metadata of each of ``image_ids`` (listed in ``path``) from a separate file, matched by id
+    whatever the row order of the two files. Every id needs a row; errors in the metadata name the
+    metadata file's own lines."""
+    check_unique(dataset, meta_path, meta_frame, id_column)
+    by_id = {name.strip(): k for k, name in enumerate(meta_frame[id_column].tolist())}
+    unmatched = [(line_of(i), name) for i, name in enumerate(image_ids) if name not in by_id]
+    if unmatched:
+        shown = ", ".join(f"{name} (line {line})" for line, name in unmatched[:10])
+        raise DatasetError(f"{dataset}: {len(unmatched)} image(s) of {path} have no row in {meta_path}: {shown}")
+    parsed = parse_metadata(dataset, meta_path, meta_frame, numeric, categorical)
+    return [parsed[by_id[name]] for name in image_ids]
+
+
 class ImageIndex:
     """Maps image ids (file stems) to files found under a dataset's image folders.
 
@@ -245,6 +287,20 @@ def mask_paths(
     if not required and not any((root / folder).is_dir() for folder in folders):
         return [None] * len(mask_ids)
     return list(ImageIndex(dataset, root, folders).resolve_all(csv_path, mask_ids, lines, what="lesion mask"))
+
+
+def relative_files(
+    dataset: str, folder: Path, path: Path, names: Sequence[str], column: str, lines: Sequence[int]
+) -> list[Path]:
+    """Files named by paths relative to ``folder`` (``names``, from ``column`` of ``path``); every
+    missing one is reported with its line at once."""
+    files = [folder / name.strip() for name in names]
+    missing = [(n, name) for n, name, file in zip(lines, names, files) if not file.is_file()]
+    if missing:
+        shown = ", ".join(f"{name} (line {n})" for n, name in missing[:10])
+        raise DatasetError(f"{dataset}: {len(missing)} file(s) named in column '{column}' of {path} are missing "
+                           f"from {folder}: {shown}{', ...' if len(missing) > 10 else ''}")
+    return files
 
 
 def check_unique(dataset: str, path: Path, frame: pd.DataFrame, column: str) -> None:
