@@ -1,7 +1,8 @@
 """The LightningDataModule that ties reader, split, metadata encoder and transforms together.
 
 Flow: ``read_table`` (CSV rows -> records, ``sources/cleaning.py``, the resized-image cache) ->
-``split_indices`` (patient-grouped folds; or the dataset's own split, ``official_indices``) -> ``MetadataEncoder.fit`` on the training records ->
+``split_indices`` (patient-grouped folds; or the dataset's own split, ``official_indices``) ->
+``MetadataEncoder.fit`` on the training records ->
 ``LesionDataset`` per split; training batches are drawn as ``samplers.TrainingSampling`` says.
 
 The model needs ``num_classes``, ``meta_dim``, ``class_names`` and ``class_weights`` before it is

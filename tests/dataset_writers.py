@@ -407,7 +407,8 @@ def write_isic2017(root: Path, sizes=(9, 6, 6), large_first: bool = True, seed: 
             kind = j % 3  # melanoma, seborrheic keratosis, nevus
             parts[part].append({"image_id": image_id, "melanoma": "1.0" if kind == 0 else "0.0",
                                 "seborrheic_keratosis": "1.0" if kind == 1 else "0.0"})  # fmt: skip
-            meta_rows[part].append({"image_id": image_id, "age_approximate": "unknown" if j % 4 == 3 else str(30 + 5 * j),
+            age = "unknown" if j % 4 == 3 else str(30 + 5 * j)
+            meta_rows[part].append({"image_id": image_id, "age_approximate": age,
                                     "sex": ["male", "female", "unknown"][j % 3]})  # fmt: skip
             size = (256, 192) if (large_first and part == "Training" and j == 0) else [(40, 30), (48, 36)][j % 2]
             photo, mask = lesion_image(rng, size)

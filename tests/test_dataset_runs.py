@@ -46,7 +46,9 @@ def test_one_epoch_on_each_fixture(dataset, tmp_path):
     assert rows and len(rows) == metrics["test"]["n_images"]
 
 
-@pytest.mark.parametrize("dataset", ["isic2017", *(pytest.param(d, marks=pytest.mark.slow) for d in ("ph2", "ham10000"))])
+@pytest.mark.parametrize("dataset", [
+    "isic2017", *(pytest.param(d, marks=pytest.mark.slow) for d in ("ph2", "ham10000"))
+])
 def test_attention_is_scored_against_the_real_masks(dataset, tmp_path):
     """The masks of ISIC 2017 (0/255 PNGs, one drafted JPEG whose mask is resized), PH2 (1-bit
     BMPs) and HAM10000 reach the batches: the attention maps get a lesion mass every validation

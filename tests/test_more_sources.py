@@ -181,14 +181,16 @@ def _edit_line(path: Path, line: int, edit) -> None:
          r"PH2_dataset.txt line 4 has 9 cells, the header 10"),
         (lambda ds: _edit_line(ds.csv_path, 3, lambda s: s.replace("       AT |", "        X |", 1)),
          r"PH2_dataset.txt line 3, column 'pigment_network': unknown category 'X'"),
-        (lambda ds: _edit_line(ds.csv_path, 4, lambda s: s.replace("||                  2 ||", "||                  3 ||")),
+        (lambda ds: _edit_line(ds.csv_path, 4, lambda s: s.replace("  2 ||", "  3 ||", 1)),
          r"PH2_dataset.txt column 'clinical_diagnosis' has 1 unknown label\(s\) \(line 4: '3'\)"),
         (lambda ds: _edit_line(ds.csv_path, 2, lambda s: s.replace("1  3  4", "1  3  9")),
          r"PH2_dataset.txt line 2, column 'Colors': unknown colour code\(s\) \['9'\]"),
-        (lambda ds: ds.images["IMD024"].unlink(), r"1 image\(s\) listed in .*PH2_dataset.txt are missing .*IMD024 \(line 5\)"),
+        (lambda ds: ds.images["IMD024"].unlink(),
+         r"1 image\(s\) listed in .*PH2_dataset.txt are missing .*IMD024 \(line 5\)"),
         (lambda ds: ds.extra["masks"]["IMD010"].unlink(),
          r"1 lesion mask\(s\) listed in .*PH2_dataset.txt are missing .*IMD010_lesion \(line 3\)"),
-        (lambda ds: ds.csv_path.write_text("Name\tClinical Diagnosis\nIMD003\t0\n"), r"PH2_dataset.txt holds no '\|\|' table"),
+        (lambda ds: ds.csv_path.write_text("Name\tClinical Diagnosis\nIMD003\t0\n"),
+         r"PH2_dataset.txt holds no '\|\|' table"),
     ],
 )
 def test_ph2_errors_name_the_line(tmp_path, corrupt, message):
@@ -251,14 +253,16 @@ def test_derm7pt_without_index_files_has_no_official_split(tmp_path):
          r"meta.csv line 6, column 'elevation': unknown category 'raised'"),
         (lambda meta: w.set_cell(meta / "meta.csv", 3, "derm", "Gzl/missing.jpg"),
          r"1 file\(s\) named in column 'derm' of .*meta.csv are missing from .*images: Gzl/missing.jpg \(line 3\)"),
-        (lambda meta: w.set_cell(meta / "meta.csv", 5, "case_num", "1"), r"meta.csv column 'case_num' has duplicate ids"),
+        (lambda meta: w.set_cell(meta / "meta.csv", 5, "case_num", "1"),
+         r"meta.csv column 'case_num' has duplicate ids"),
         (lambda meta: w.set_cell(meta / "valid_indexes.csv", 3, "indexes", "15"),
          r"valid_indexes.csv line 3, column 'indexes': expected a row number of meta.csv \(0 to 14\), got '15'"),
         (lambda meta: w.set_cell(meta / "test_indexes.csv", 2, "indexes", "4"),
          r"test_indexes.csv line 2: row 4 of meta.csv is already in the train split"),
         (lambda meta: w.edit_csv(meta / "test_indexes.csv", lambda c, r: r.pop()),
          r"1 row\(s\) of meta.csv \(lines \[16\]\) are in none of"),
-        (lambda meta: (meta / "valid_indexes.csv").unlink(), r"but not \['valid_indexes.csv'\]; the official split needs all three"),
+        (lambda meta: (meta / "valid_indexes.csv").unlink(),
+         r"but not \['valid_indexes.csv'\]; the official split needs all three"),
     ],
 )
 def test_derm7pt_errors_name_file_line_and_column(tmp_path, corrupt, message):
@@ -318,7 +322,8 @@ def test_ddi_pandas_index_column_older_label_column_and_images_folder(tmp_path):
 @pytest.mark.parametrize(
     "column, line, value, message",
     [
-        ("malignant", 4, "maybe", r"column 'malignant' must be 0/1 \(or True/False\); 1 cell\(s\) are not \(line 4: 'maybe'\)"),
+        ("malignant", 4, "maybe",
+         r"column 'malignant' must be 0/1 \(or True/False\); 1 cell\(s\) are not \(line 4: 'maybe'\)"),
         ("skin_tone", 3, "78", r"line 3, column 'skin_tone': unknown category '78'"),
         ("DDI_file", 5, "000001.png", r"column 'DDI_file' has duplicate ids"),
         ("DDI_file", 6, "000099.png", r"1 image\(s\) listed in .*ddi_metadata.csv are missing .*000099.png \(line 6\)"),
@@ -338,7 +343,8 @@ def test_fitzpatrick17k_missing_downloads_are_listed_or_dropped_with_a_warning(t
         read_table("fitzpatrick17k", tmp_path)
     message = str(info.value)
     assert message.startswith(f"fitzpatrick17k: 2 of 17 images listed in {ds.csv_path} are not under")
-    assert f"{dead['md5hash']} (line 17, {dead['url']})" in message and f"{none['md5hash']} (line 18, no url)" in message
+    assert f"{dead['md5hash']} (line 17, {dead['url']})" in message
+    assert f"{none['md5hash']} (line 18, no url)" in message
     assert "allow_missing_images: true" in message
     with pytest.warns(UserWarning, match=r"fitzpatrick17k: 2 of 17 images .* never downloaded"):
         table = read_table("fitzpatrick17k", tmp_path, allow_missing_images=True)
@@ -363,7 +369,7 @@ def test_fitzpatrick17k_partitions_and_skin_types(tmp_path):
     with pytest.raises(DatasetError, match="'three_partition_label' cannot be a metadata feature: it is the label"):
         table.split_features(["three_partition_label"])
     w.set_cell(ds.csv_path, 3, "fitzpatrick_scale", "7")
-    with pytest.raises(DatasetError, match=r"fitzpatrick17k.csv line 3, column 'fitzpatrick_scale': unknown category '7'"):
+    with pytest.raises(DatasetError, match=r"fitzpatrick17k.csv line 3, column 'fitzpatrick_scale': unknown category"):
         read_table("fitzpatrick17k", tmp_path)
     with pytest.raises(DatasetError, match=r"task must be one of \['three_partition', 'nine_partition', 'label'\]"):
         read_table("fitzpatrick17k", tmp_path, task="binary")
@@ -418,7 +424,7 @@ def test_load_mask_resizes_the_same_picture_and_refuses_another(tmp_path):
     Image.fromarray(mask).save(tmp_path / "m.png")
     half = load_mask(tmp_path / "m.png", "x", (15, 20))
     assert half.shape == (15, 20) and half.sum() == 5 * 10 and half[5:10, 5:15].all()
-    with pytest.raises(DatasetError, match=r"x: mask .*m.png is 30 x 40 px, its image 30 x 30 px \(another aspect ratio"):
+    with pytest.raises(DatasetError, match=r"x: mask .*m.png is 30 x 40 px, its image 30 x 30 px \(another aspect"):
         load_mask(tmp_path / "m.png", "x", (30, 30))
 
 

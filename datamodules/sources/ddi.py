@@ -43,7 +43,8 @@ def read(data_dir: str | Path, task: str = "malignant") -> LesionTable:
     if "malignant" not in frame.columns and OLD_MALIGNANT in frame.columns:
         frame["malignant"] = frame[OLD_MALIGNANT]
     if "malignant" not in frame.columns:
-        raise DatasetError(f"{DATASET}: {csv_path} lacks required column(s) ['malignant']; it has {list(frame.columns)}")
+        raise DatasetError(f"{DATASET}: {csv_path} lacks required column(s) ['malignant']; "
+                           f"it has {list(frame.columns)}")
     for column in ("DDI_ID", "DDI_file"):
         reading.check_nonblank(DATASET, csv_path, frame, column)
         reading.check_unique(DATASET, csv_path, frame, column)

@@ -43,7 +43,9 @@ CRITERIA = {
     "vascular_structures": ["absent", "arborizing", "comma", "hairpin", "within regression", "wreath", "dotted",
                             "linear irregular"],
 }  # fmt: skip
-LOCATIONS = ["abdomen", "acral", "back", "buttocks", "chest", "genital areas", "head neck", "lower limbs", "upper limbs"]
+LOCATIONS = [
+    "abdomen", "acral", "back", "buttocks", "chest", "genital areas", "head neck", "lower limbs", "upper limbs",
+]  # fmt: skip
 CATEGORICAL = {
     **CRITERIA,
     "level_of_diagnostic_difficulty": ["low", "medium", "high"],
