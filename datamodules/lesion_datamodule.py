@@ -13,7 +13,6 @@ the model's arguments).
 from __future__ import annotations
 
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import lightning as L
@@ -335,7 +334,7 @@ class LesionDataModule(L.LightningDataModule):
         hp = self.hparams
         return {
             "dataset": hp.dataset,
-            "data_dir": str(Path(self.table.csv_path).parent),
+            "data_dir": str(self.table.folder),
             "images": len(self.table.records),
             "groups": len({r.group for r in self.table.records}),
             "class_names": self.class_names,

@@ -72,6 +72,14 @@ class LesionTable:
     #: Metadata columns the evaluation report breaks results down by by default (skin tone, sex,
     #: age, site, ...), where the dataset has them.
     subgroup_fields: list[str] = field(default_factory=list)
+    #: The dataset's own folder, holding its CSV and images, where that is not the CSV's folder
+    #: (Derm7pt: ``release_v0/``, its CSV in ``meta/``); see ``folder``.
+    root: Optional[Path] = None
+
+    @property
+    def folder(self) -> Path:
+        """The folder the dataset's files lie under (what the resized-image cache mirrors)."""
+        return Path(self.root if self.root is not None else Path(self.csv_path).parent)
 
     def split_features(self, names: Optional[list[str]] = None) -> tuple[list[str], list[str]]:
         """``(numeric, categorical)`` feature names for ``names`` (``None``: the default set)."""

@@ -510,3 +510,29 @@ def test_subgroup_fields_of_the_existing_readers(tmp_path):
     assert table.subgroup_fields == ["sex", "age_approx", "anatom_site_general_challenge"]
     with pytest.raises(DatasetError, match="isic2020: 'benign_malignant' cannot be a metadata feature: it is the label"):
         table.split_features(["benign_malignant"])
+
+
+@pytest.mark.parametrize("dataset, writer, options", [
+    ("isic2017", w.write_isic2017, {}), ("ph2", w.write_ph2, {}), ("derm7pt", w.write_derm7pt, {}),
+    ("ddi", w.write_ddi, {}), ("fitzpatrick17k", w.write_fitzpatrick17k, {"allow_missing_images": True}),
+])  # fmt: skip
+def test_resized_image_cache_of_each_layout(tmp_path, dataset, writer, options):
+    """``make preprocess`` mirrors each dataset's folder (Derm7pt's is ``release_v0/``, its CSV
+    in ``meta/``), masks included, and the cached table reads like the original."""
+    from datamodules.image_cache import apply_cache, build_cache
+
+    writer(tmp_path / "data")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Fitzpatrick17k's missing downloads
+        table = read_table(dataset, tmp_path / "data", **options)
+    cached = apply_cache(table, build_cache(table, 24, tmp_path / "cache", source_options=options))
+    for before, after in zip(table.records, cached.records):
+        assert after.source_path == before.image_path and after.image_path.is_file()
+        assert (after.mask_path is None) == (before.mask_path is None)
+        assert min(Image.open(after.image_path).size) == 24
+    if dataset == "derm7pt":
+        assert table.folder == tmp_path / "data" / "release_v0"
+        assert cached.records[0].image_path.relative_to(tmp_path / "cache").parts[2:] == ("images", "NEL", "NEL026.jpg")
+    data = LesionDataset(cached.records, MetadataEncoder().fit(cached.records), build_transforms(False, 16, "none"),
+                         dataset, load_masks=True, image_size=16)
+    assert data[0]["image"].shape == (3, 16, 16) and ("mask" in data[0]) == (dataset in ("isic2017", "ph2"))

@@ -104,6 +104,7 @@ def read(data_dir: str | Path, image: str = "derm", task: str = "grouped") -> Le
         default_features=list(DEFAULT_FEATURES),
         refused_features=dict(REFUSED),
         subgroup_fields=list(SUBGROUP_FIELDS),
+        root=release,
     )
 
 
