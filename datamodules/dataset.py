@@ -47,10 +47,23 @@ def load_rgb(
         raise DatasetError(f"{dataset}: cannot read image {path}{where}: {err}") from err
 
 
-def load_mask(path: Path, dataset: str = "dataset") -> np.ndarray:
+def load_mask(path: Path, dataset: str = "dataset", shape: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """A lesion mask as (H, W) uint8 in {0, 1} (any mode: 0/255 PNG, 1-bit BMP, RGB).
+
+    ``shape``: the (H, W) its image was decoded at. A mask of another size but the same aspect ratio
+    (within a pixel) is resized to it with nearest neighbour, so it stays binary: a JPEG decoded at
+    a reduced scale (``load_rgb``'s ``min_side``) is smaller than its full-size mask. A mask of
+    another aspect ratio belongs to another picture and is an error."""
     try:
         with Image.open(path) as image:
-            return (np.asarray(image.convert("L")) > 127).astype(np.uint8)
+            mask = image.convert("L")
+            if shape is not None and mask.size != (shape[1], shape[0]):
+                width, height = mask.size
+                if abs(height * shape[1] / width - shape[0]) > 1:
+                    raise DatasetError(f"{dataset}: mask {path} is {height} x {width} px, its image {shape[0]} x "
+                                       f"{shape[1]} px (another aspect ratio: not this image's mask)")
+                mask = mask.resize((shape[1], shape[0]), Image.NEAREST)
+            return (np.asarray(mask) > 127).astype(np.uint8)
     except (OSError, UnidentifiedImageError) as err:
         raise DatasetError(f"{dataset}: cannot read lesion mask {path}: {err}") from err
 
@@ -113,11 +126,7 @@ class LesionDataset(Dataset):
         if self.image_size and 4 * min(image.shape[:2]) < self.image_size:
             self._small_image(record, image.shape[:2])
         if self.with_masks:
-            mask = load_mask(record.mask_path, self.dataset)
-            if mask.shape != image.shape[:2]:
-                raise DatasetError(
-                    f"{self.dataset}: mask {record.mask_path} is {mask.shape}, image is {image.shape[:2]}"
-                )
+            mask = load_mask(record.mask_path, self.dataset, image.shape[:2])
             out = self.transform(image=image, mask=mask)
         else:
             out = self.transform(image=image)

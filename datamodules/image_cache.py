@@ -37,10 +37,10 @@ DEFAULT_QUALITY = 95
 
 # -- where a cache lives ----------------------------------------------------------------------
 def data_folder(table: LesionTable) -> Path:
-    """The dataset's folder as read: the folder of its CSV (every reader finds it at the top of
-    ``data_dir``; for ``synthetic`` it is the generated dataset's own folder, so each generator
-    config has its own cache)."""
-    return Path(table.csv_path).expanduser().parent
+    """The dataset's folder as read (``LesionTable.folder``): the folder of its CSV, which every
+    reader finds at the top of ``data_dir`` but Derm7pt (its ``release_v0/``); for ``synthetic``
+    it is the generated dataset's own folder, so each generator config has its own cache."""
+    return table.folder.expanduser()
 
 
 def folder_prefix(table: LesionTable) -> str:

@@ -1,7 +1,8 @@
 """The LightningDataModule that ties reader, split, metadata encoder and transforms together.
 
 Flow: ``read_table`` (CSV rows -> records, ``sources/cleaning.py``, the resized-image cache) ->
-``split_indices`` (patient-grouped folds) -> ``MetadataEncoder.fit`` on the training records ->
+``split_indices`` (patient-grouped folds; or the dataset's own split, ``official_indices``) ->
+``MetadataEncoder.fit`` on the training records ->
 ``LesionDataset`` per split; training batches are drawn as ``samplers.TrainingSampling`` says.
 
 The model needs ``num_classes``, ``meta_dim``, ``class_names`` and ``class_weights`` before it is
@@ -12,7 +13,6 @@ the model's arguments).
 from __future__ import annotations
 
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import lightning as L
@@ -29,9 +29,9 @@ from datamodules.metadata import MetadataEncoder
 from datamodules.records import DatasetError, LesionRecord, LesionTable
 from datamodules.samplers import TrainingSampling
 from datamodules.seeding import TrainPosition, run_seed, seed_transform
-from datamodules.sources import DATASETS, read_table
+from datamodules.sources import DATASETS, OFFICIAL_SPLITS, read_table
 from datamodules.sources.cleaning import drop_rare_classes, verify_images
-from datamodules.splits import SPLITS, split_indices
+from datamodules.splits import SPLIT_MODES, SPLITS, official_indices, split_indices
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
 
@@ -45,6 +45,7 @@ class LesionDataModule(L.LightningDataModule):
         fold: int = 0,
         n_folds: int = 5,
         split_seed: int = 0,
+        split: str = "folds",
         image_size: int = 224,
         augment: str = "isic",
         normalize_mean: tuple[float, float, float] = IMAGENET_MEAN,
@@ -64,8 +65,8 @@ class LesionDataModule(L.LightningDataModule):
     ):
         """
         Args:
-            dataset: ``synthetic`` (built in, generated on first use), ``pad_ufes20``,
-                ``isic2019``, ``isic2020`` or ``ham10000``.
+            dataset: ``synthetic`` (built in, generated on first use) or a reader's name
+                (``datamodules.sources.DATASETS``: ``pad_ufes20``, ``isic2019``, ``isic2017``, ...).
             data_dir: the dataset's folder as downloaded; for ``synthetic``, the cache root
                 (default ``~/.cache/dermattn`` or ``$DERMATTN_CACHE``).
             source_options: reader options, e.g. ``{task: diagnosis}`` for ISIC 2020 or
@@ -74,6 +75,9 @@ class LesionDataModule(L.LightningDataModule):
                 published default set.
             fold: which of ``n_folds`` patient-grouped folds is the test split (the next one is
                 validation).
+            split: ``folds`` (those grouped folds) or ``official``: the train / validation / test
+                sets the dataset ships (``datamodules.sources.OFFICIAL_SPLITS`` names the datasets
+                that have one); ``fold``, ``n_folds`` and ``split_seed`` are then not used.
             balanced_sampler: draw training batches with inverse class-frequency weights.
             predict_split: records used by ``predict``: ``train``, ``val``, ``test`` or ``all``.
             load_masks: add each image's lesion mask to the batch (datasets that have masks).
@@ -96,6 +100,11 @@ class LesionDataModule(L.LightningDataModule):
         super().__init__()
         if dataset not in DATASETS:
             raise DatasetError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
+        if split not in SPLIT_MODES:
+            raise ValueError(f"split must be one of {SPLIT_MODES}, got {split!r}")
+        if split == "official" and dataset not in OFFICIAL_SPLITS:
+            raise DatasetError(f"{dataset} ships no official split; datasets that do: {list(OFFICIAL_SPLITS)} "
+                               "(--data.split=folds makes patient-grouped folds)")
         self.sampling = TrainingSampling(balanced_sampler, oversample, pk_batches)
         if predict_split not in (*SPLITS, "all"):
             raise ValueError(f"predict_split must be one of {(*SPLITS, 'all')}, got {predict_split!r}")
@@ -127,17 +136,21 @@ class LesionDataModule(L.LightningDataModule):
     @cached_property
     def split_records(self) -> dict[str, list[LesionRecord]]:
         hp = self.hparams
-        indices = split_indices(self.table.records, hp.fold, hp.n_folds, hp.split_seed, hp.dataset)
+        if hp.split == "official":
+            rank_zero_info(f"{hp.dataset}: the official train / validation / test split (fold, n_folds and split_seed "
+                           "are not used)")
+            indices = official_indices(self.table.records, hp.dataset)
+        else:
+            indices = split_indices(self.table.records, hp.fold, hp.n_folds, hp.split_seed, hp.dataset)
         out = {name: [self.table.records[i] for i in idx] for name, idx in indices.items()}
         for split, records in out.items():
             present = {r.label for r in records}
             absent = [name for k, name in enumerate(self.table.class_names) if k not in present]
             if absent:  # an absent class would score AUROC 0 and drag the macro average down
-                raise DatasetError(
-                    f"{hp.dataset}: class(es) {absent} have no image in the {split} split of fold "
-                    f"{hp.fold}/{hp.n_folds}; use fewer folds or drop rare classes "
-                    f"(--data.min_class_images=N)"
-                )
+                where = (f"the official {split} split;" if hp.split == "official"
+                         else f"the {split} split of fold {hp.fold}/{hp.n_folds}; use fewer folds or")
+                raise DatasetError(f"{hp.dataset}: class(es) {absent} have no image in {where} drop rare classes "
+                                   "(--data.min_class_images=N)")
         return out
 
     @cached_property
@@ -321,14 +334,15 @@ class LesionDataModule(L.LightningDataModule):
         hp = self.hparams
         return {
             "dataset": hp.dataset,
-            "data_dir": str(Path(self.table.csv_path).parent),
+            "data_dir": str(self.table.folder),
             "images": len(self.table.records),
             "groups": len({r.group for r in self.table.records}),
             "class_names": self.class_names,
             "split_sizes": {s: len(self.records(s)) for s in SPLITS},
-            "fold": hp.fold,
-            "n_folds": hp.n_folds,
-            "split_seed": hp.split_seed,
+            "split": hp.split,
+            "fold": hp.fold if hp.split == "folds" else None,
+            "n_folds": hp.n_folds if hp.split == "folds" else None,
+            "split_seed": hp.split_seed if hp.split == "folds" else None,
             "meta_features": self.encoder.feature_names,
         }
 

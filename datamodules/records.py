@@ -42,6 +42,9 @@ class LesionRecord:
     #: The file as the dataset ships it when ``image_path`` points into a resized cache
     #: (``datamodules/image_cache.py``); ``None`` when ``image_path`` is that file already.
     source_path: Optional[Path] = None
+    #: The split the distributor assigned (``train``, ``val`` or ``test``) for datasets that ship
+    #: one (``--data.split=official``); ``None`` elsewhere.
+    official_split: Optional[str] = None
 
     @property
     def original_path(self) -> Path:
@@ -64,10 +67,27 @@ class LesionTable:
     categorical_columns: list[str]
     #: The feature set used when the config does not name one (the published setting).
     default_features: list[str] = field(default_factory=list)
+    #: Columns that may never be metadata features, with the reason (they give the label away).
+    refused_features: dict[str, str] = field(default_factory=dict)
+    #: Metadata columns the evaluation report breaks results down by by default (skin tone, sex,
+    #: age, site, ...), where the dataset has them.
+    subgroup_fields: list[str] = field(default_factory=list)
+    #: The dataset's own folder, holding its CSV and images, where that is not the CSV's folder
+    #: (Derm7pt: ``release_v0/``, its CSV in ``meta/``); see ``folder``.
+    root: Optional[Path] = None
+
+    @property
+    def folder(self) -> Path:
+        """The folder the dataset's files lie under (what the resized-image cache mirrors)."""
+        return Path(self.root if self.root is not None else Path(self.csv_path).parent)
 
     def split_features(self, names: Optional[list[str]] = None) -> tuple[list[str], list[str]]:
         """``(numeric, categorical)`` feature names for ``names`` (``None``: the default set)."""
         names = self.default_features if names is None else list(names)
+        refused = [n for n in names if n in self.refused_features]
+        if refused:
+            raise DatasetError(f"{self.dataset}: {refused[0]!r} cannot be a metadata feature: "
+                               f"{self.refused_features[refused[0]]}")
         known = self.numeric_columns + self.categorical_columns
         unknown = [n for n in names if n not in known]
         if unknown:

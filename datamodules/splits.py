@@ -1,5 +1,5 @@
 """Patient-grouped, class-stratified K-fold splits (the MetaBlock paper's 5-fold protocol, done
-without its patient leak).
+without its patient leak), or the split a dataset ships (``official_indices``).
 
 Every record carries a ``group`` (patient id, or lesion id where there is no patient); all
 records of a group land in the same fold. Fold ``fold`` is the test split, fold ``fold + 1``
@@ -18,6 +18,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 from datamodules.records import DatasetError, LesionRecord
 
 SPLITS = ("train", "val", "test")
+#: ``--data.split``: our grouped folds, or the train / validation / test sets a dataset ships.
+SPLIT_MODES = ("folds", "official")
 
 
 def assign_folds(
@@ -58,4 +60,25 @@ def split_indices(
     for name, idx in out.items():
         if len(idx) == 0:
             raise DatasetError(f"{dataset}: the {name} split of fold {fold}/{n_folds} is empty")
+    return out
+
+
+def official_indices(records: Sequence[LesionRecord], dataset: str = "dataset") -> dict[str, np.ndarray]:
+    """The distributor's own split, from each record's ``official_split``; every record must have
+    one and no split may be empty (a part of the dataset that was not downloaded)."""
+    splits = [r.official_split for r in records]
+    unknown = sorted({str(s) for s in splits if s not in SPLITS})
+    if unknown:
+        lines = [r.line for r, s in zip(records, splits) if s not in SPLITS][:5]
+        raise DatasetError(f"{dataset}: records without an official split ({unknown}, e.g. CSV lines {lines}); "
+                           "--data.split=official needs one for every image")
+    out = {name: np.flatnonzero(np.array(splits) == name) for name in SPLITS}
+    for name, idx in out.items():
+        if len(idx) == 0:
+            raise DatasetError(f"{dataset}: the official {name} split has no image (were its files downloaded?)")
+    groups = {name: {records[i].group for i in idx} for name, idx in out.items()}
+    shared = (groups["train"] & groups["val"]) | (groups["train"] & groups["test"]) | (groups["val"] & groups["test"])
+    if shared:
+        raise DatasetError(f"{dataset}: the official split puts one patient/lesion group in two splits "
+                           f"(e.g. {sorted(shared)[:3]})")
     return out

@@ -72,8 +72,15 @@ def check_row_lengths(dataset: str, path: Path, n_columns: int) -> None:
 
 
 def line_of(row_index: int) -> int:
-    """CSV line number of a data row (the header is line 1)."""
+    """CSV line number of a data row (the header is line 1). Parsers pass a frame's index label, so
+    a frame that lost rows (or one built from another format, indexed by line - 2) still names
+    the right lines."""
     return int(row_index) + 2
+
+
+def lines_of(frame: pd.DataFrame) -> list[int]:
+    """The file line of every row of ``frame``."""
+    return [line_of(i) for i in frame.index]
 
 
 def is_missing(value: str) -> bool:
@@ -133,13 +140,13 @@ def parse_metadata(
     for column in numeric:
         if column not in frame.columns:
             continue
-        for i, value in enumerate(frame[column].tolist()):
-            rows[i][column] = parse_number(dataset, path, column, i, value)
+        for row, (i, value) in zip(rows, frame[column].items()):
+            row[column] = parse_number(dataset, path, column, i, value)
     for column, vocabulary in categorical.items():
         if column not in frame.columns:
             continue
-        for i, value in enumerate(frame[column].tolist()):
-            rows[i][column] = parse_category(dataset, path, column, i, value, vocabulary)
+        for row, (i, value) in zip(rows, frame[column].items()):
+            row[column] = parse_category(dataset, path, column, i, value, vocabulary)
     return rows
 
 
@@ -149,7 +156,7 @@ def parse_labels(
     """Class indices of ``column``; an unknown or blank label stops with every offending line."""
     lookup = {name.lower(): k for k, name in enumerate(class_names)}
     labels, bad = [], []
-    for i, value in enumerate(frame[column].tolist()):
+    for i, value in frame[column].items():
         k = lookup.get(value.strip().lower())
         if k is None:
             bad.append((line_of(i), value))
@@ -161,6 +168,48 @@ def parse_labels(
             f"{', ...' if len(bad) > 10 else ''}); expected one of {list(class_names)}"
         )
     return labels
+
+
+#: Spellings of a yes/no cell: the challenges write 0.0/1.0, pandas-written CSVs True/False.
+FLAGS = {"0": False, "1": True, "0.0": False, "1.0": True, "false": False, "true": True}
+
+
+def parse_flags(dataset: str, path: Path, frame: pd.DataFrame, column: str) -> list[bool]:
+    """A 0/1 (or True/False) column; anything else, blank included, stops with every bad line."""
+    flags, bad = [], []
+    for i, value in frame[column].items():
+        flag = FLAGS.get(value.strip().lower())
+        if flag is None:
+            bad.append((line_of(i), value))
+        flags.append(bool(flag))
+    if bad:
+        shown = ", ".join(f"line {n}: {v!r}" for n, v in bad[:10])
+        raise DatasetError(f"{dataset}: {path} column '{column}' must be 0/1 (or True/False); {len(bad)} cell(s) are "
+                           f"not ({shown}{', ...' if len(bad) > 10 else ''})")
+    return flags
+
+
+def metadata_by_id(
+    dataset: str,
+    path: Path,
+    image_ids: Sequence[str],
+    meta_path: Path,
+    meta_frame: pd.DataFrame,
+    id_column: str,
+    numeric: Sequence[str],
+    categorical: dict[str, Optional[Sequence[str]]],
+) -> list[dict[str, MetaValue]]:
+    """The metadata of each of ``image_ids`` (listed in ``path``) from a separate file, matched by id
+    whatever the row order of the two files. Every id needs a row; errors in the metadata name the
+    metadata file's own lines."""
+    check_unique(dataset, meta_path, meta_frame, id_column)
+    by_id = {name.strip(): k for k, name in enumerate(meta_frame[id_column].tolist())}
+    unmatched = [(line_of(i), name) for i, name in enumerate(image_ids) if name not in by_id]
+    if unmatched:
+        shown = ", ".join(f"{name} (line {line})" for line, name in unmatched[:10])
+        raise DatasetError(f"{dataset}: {len(unmatched)} image(s) of {path} have no row in {meta_path}: {shown}")
+    parsed = parse_metadata(dataset, meta_path, meta_frame, numeric, categorical)
+    return [parsed[by_id[name]] for name in image_ids]
 
 
 class ImageIndex:
@@ -191,18 +240,22 @@ class ImageIndex:
                         elif key == path.stem and self.by_stem[key] != path:
                             self.also.setdefault(key, []).append(path)
 
-    def resolve_all(self, csv_path: Path, image_ids: Sequence[str]) -> list[Path]:
-        """The file of every id; every missing one is reported (with its CSV line) at once."""
-        paths, missing = [], []
-        for i, image_id in enumerate(image_ids):
-            path = self.by_stem.get(image_id) or self.by_stem.get(Path(image_id).stem)
-            if path is None:
-                missing.append((line_of(i), image_id))
-            paths.append(path)
+    def find(self, image_id: str) -> Optional[Path]:
+        """The file of ``image_id`` (a file name, or a name without extension), or ``None``."""
+        return self.by_stem.get(image_id) or self.by_stem.get(Path(image_id).stem)
+
+    def resolve_all(
+        self, csv_path: Path, image_ids: Sequence[str], lines: Optional[Sequence[int]] = None, what: str = "image"
+    ) -> list[Path]:
+        """The file of every id; every missing one is reported (with its line: ``lines``, else
+        the CSV line of the id's position) at once. ``what`` names the files in that message."""
+        lines = lines if lines is not None else [line_of(i) for i in range(len(image_ids))]
+        paths = [self.find(image_id) for image_id in image_ids]
+        missing = [(n, image_id) for n, image_id, path in zip(lines, image_ids, paths) if path is None]
         if missing:
             shown = ", ".join(f"{name} (line {n})" for n, name in missing[:10])
             raise DatasetError(
-                f"{self.dataset}: {len(missing)} image(s) listed in {csv_path} are missing from "
+                f"{self.dataset}: {len(missing)} {what}(s) listed in {csv_path} are missing from "
                 f"{[str(p) for p in self.searched]}: {shown}{', ...' if len(missing) > 10 else ''}"
             )
         doubled = [(image_id, path) for image_id, path in zip(image_ids, paths) if path.stem in self.also]
@@ -217,6 +270,39 @@ class ImageIndex:
         return paths
 
 
+def mask_paths(
+    dataset: str,
+    root: Path,
+    folders: Sequence[str],
+    csv_path: Path,
+    mask_ids: Sequence[str],
+    lines: Optional[Sequence[int]] = None,
+    required: bool = False,
+) -> list[Optional[Path]]:
+    """The lesion mask file of every id, found like images in ``folders`` under ``root``.
+
+    Masks are often a separate download: with none of ``folders`` present every record gets
+    ``None`` (an error with ``required``); once a mask folder is there, a missing mask is an error
+    listing every one, never a record silently without its mask."""
+    if not required and not any((root / folder).is_dir() for folder in folders):
+        return [None] * len(mask_ids)
+    return list(ImageIndex(dataset, root, folders).resolve_all(csv_path, mask_ids, lines, what="lesion mask"))
+
+
+def relative_files(
+    dataset: str, folder: Path, path: Path, names: Sequence[str], column: str, lines: Sequence[int]
+) -> list[Path]:
+    """Files named by paths relative to ``folder`` (``names``, from ``column`` of ``path``); every
+    missing one is reported with its line at once."""
+    files = [folder / name.strip() for name in names]
+    missing = [(n, name) for n, name, file in zip(lines, names, files) if not file.is_file()]
+    if missing:
+        shown = ", ".join(f"{name} (line {n})" for n, name in missing[:10])
+        raise DatasetError(f"{dataset}: {len(missing)} file(s) named in column '{column}' of {path} are missing "
+                           f"from {folder}: {shown}{', ...' if len(missing) > 10 else ''}")
+    return files
+
+
 def check_unique(dataset: str, path: Path, frame: pd.DataFrame, column: str) -> None:
     duplicated = frame[column][frame[column].duplicated(keep=False)]
     if len(duplicated):
@@ -226,7 +312,7 @@ def check_unique(dataset: str, path: Path, frame: pd.DataFrame, column: str) -> 
 
 
 def check_nonblank(dataset: str, path: Path, frame: pd.DataFrame, column: str) -> None:
-    blank = [line_of(i) for i, v in enumerate(frame[column].tolist()) if not v.strip()]
+    blank = [line_of(i) for i, v in frame[column].items() if not v.strip()]
     if blank:
         raise DatasetError(
             f"{dataset}: {path} column '{column}' is blank on line(s) {blank[:10]}"
@@ -241,9 +327,15 @@ def make_records(
     groups: Sequence[str],
     meta: Sequence[dict[str, MetaValue]],
     masks: Optional[Sequence[Optional[Path]]] = None,
+    lines: Optional[Sequence[int]] = None,
+    official_splits: Optional[Sequence[Optional[str]]] = None,
 ) -> list[LesionRecord]:
-    """One record per CSV row, in file order (``line`` points back at the row)."""
-    masks = masks if masks is not None else [None] * len(image_ids)
+    """One record per CSV row, in file order (``line`` points back at the row: ``lines``, else
+    the CSV line of the row's position)."""
+    n = len(image_ids)
+    masks = masks if masks is not None else [None] * n
+    lines = lines if lines is not None else [line_of(i) for i in range(n)]
+    official_splits = official_splits if official_splits is not None else [None] * n
     return [
         LesionRecord(
             image_id=Path(image_id).stem,
@@ -251,11 +343,12 @@ def make_records(
             label=label,
             group=group,
             meta=row_meta,
-            line=line_of(i),
+            line=line,
             mask_path=mask,
+            official_split=split,
         )
-        for i, (image_id, path, label, group, row_meta, mask) in enumerate(
-            zip(image_ids, paths, labels, groups, meta, masks)
+        for image_id, path, label, group, row_meta, mask, line, split in zip(
+            image_ids, paths, labels, groups, meta, masks, lines, official_splits
         )
     ]
 
