@@ -31,7 +31,7 @@ from datamodules.samplers import TrainingSampling
 from datamodules.seeding import TrainPosition, run_seed, seed_transform
 from datamodules.sources import DATASETS, read_table
 from datamodules.sources.cleaning import drop_rare_classes, verify_images
-from datamodules.splits import SPLITS, split_indices
+from datamodules.splits import SPLITS, check_group_by, split_indices
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
 
@@ -61,11 +61,13 @@ class LesionDataModule(L.LightningDataModule):
         small_images: str = "error",
         oversample: Optional[dict[str, float]] = None,
         image_cache: bool = True,
+        group_by: Optional[str] = None,
+        negatives_per_epoch: Optional[int] = None,
     ):
         """
         Args:
-            dataset: ``synthetic`` (built in, generated on first use), ``pad_ufes20``,
-                ``isic2019``, ``isic2020`` or ``ham10000``.
+            dataset: ``synthetic`` (built in, generated on first use) or a reader's name
+                (``pad_ufes20``, ``isic2019``, ``isic2020``, ``ham10000``, ``isic2024``, ...).
             data_dir: the dataset's folder as downloaded; for ``synthetic``, the cache root
                 (default ``~/.cache/dermattn`` or ``$DERMATTN_CACHE``).
             source_options: reader options, e.g. ``{task: diagnosis}`` for ISIC 2020 or
@@ -92,11 +94,16 @@ class LesionDataModule(L.LightningDataModule):
                 (``make preprocess DATA=... DATA_DIR=... SIZE=512``; see ``datamodules/image_cache.py``):
                 the smallest such cache under ``$DERMATTN_CACHE`` (or ``~/.cache/dermattn``); a cache
                 whose source files changed is an error. ``false`` always reads the original images.
+            group_by: split by this metadata column instead of by patient/lesion (``attribution``:
+                ISIC 2024's hospitals, each held out whole); patients still never span two splits.
+            negatives_per_epoch: each training epoch takes every image outside the largest class
+                (for binary data: every positive) and this many of the largest class, a different,
+                seed-determined draw every epoch (``samplers.NegativeSubsampler``).
         """
         super().__init__()
         if dataset not in DATASETS:
             raise DatasetError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
-        self.sampling = TrainingSampling(balanced_sampler, oversample, pk_batches)
+        self.sampling = TrainingSampling(balanced_sampler, oversample, pk_batches, negatives_per_epoch)
         if predict_split not in (*SPLITS, "all"):
             raise ValueError(f"predict_split must be one of {(*SPLITS, 'all')}, got {predict_split!r}")
         self.save_hyperparameters()
@@ -127,7 +134,8 @@ class LesionDataModule(L.LightningDataModule):
     @cached_property
     def split_records(self) -> dict[str, list[LesionRecord]]:
         hp = self.hparams
-        indices = split_indices(self.table.records, hp.fold, hp.n_folds, hp.split_seed, hp.dataset)
+        check_group_by(self.table, hp.group_by)
+        indices = split_indices(self.table.records, hp.fold, hp.n_folds, hp.split_seed, hp.dataset, hp.group_by)
         out = {name: [self.table.records[i] for i in idx] for name, idx in indices.items()}
         for split, records in out.items():
             present = {r.label for r in records}
@@ -329,6 +337,7 @@ class LesionDataModule(L.LightningDataModule):
             "fold": hp.fold,
             "n_folds": hp.n_folds,
             "split_seed": hp.split_seed,
+            **({"group_by": hp.group_by} if hp.group_by else {}),
             "meta_features": self.encoder.feature_names,
         }
 
