@@ -236,7 +236,7 @@ def test_preprocess_cli(tmp_path, capsys):
     out = capsys.readouterr()
     folder = Path(out.out.strip().splitlines()[-1])
     assert folder.parent == root / "resized" and folder.name.endswith("-20")
-    assert "6/6 images" in out.err and "cached 6 images at 20 px (jpeg) in" in out.err
+    assert "6/6" in out.err and "cached 6 images at 20 px (jpeg, " in out.err
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["size"] == 20 and len(manifest["files"]) == 6
     entry = next(iter(manifest["files"].values()))
