@@ -88,7 +88,9 @@ def keys(path: str | Path) -> set[str]:
     path = Path(path)
     try:
         with h5py.File(path, "r") as handle:
-            return set(handle.keys())
+            names: list[bytes] = []
+            handle.id.links.iterate(names.append)  # the link names, without a Python object per link first
+            return {name.decode("utf-8") for name in names}
     except OSError as err:
         raise DatasetError(f"cannot open HDF5 file {path}: {err}") from err
 

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pandas as pd
 
+from datamodules.meta_columns import MetaColumns
 from datamodules.records import UNLABELED, DatasetError, LesionTable
 from datamodules.sources import reading
 
@@ -107,9 +109,10 @@ def read(data_dir: str | Path, patient_relative: bool = False) -> LesionTable:
     root = reading.require_dir(DATASET, data_dir)
     csv_path = reading.find_file(DATASET, root, [METADATA])
     frame = reading.read_csv(DATASET, csv_path, ["isic_id", "target", "patient_id", *DEFAULT_FEATURES],
-                             columns=["isic_id", "target", "patient_id", *NUMERIC, *CATEGORICAL])
+                             columns=["isic_id", "target", "patient_id", *NUMERIC, *CATEGORICAL], numeric=NUMERIC)
     for column in ("isic_id", "patient_id"):
         reading.check_nonblank(DATASET, csv_path, frame, column)
+        frame[column] = frame[column].str.strip()
     reading.check_unique(DATASET, csv_path, frame, "isic_id")
     frame["target"] = frame["target"].str.strip().map({"0": "benign", "1": "malignant", "0.0": "benign",
                                                        "1.0": "malignant"}).fillna(frame["target"])
@@ -124,23 +127,26 @@ def read_unlabeled(data_dir: str | Path) -> LesionTable:
     root = reading.require_dir(DATASET, data_dir)
     csv_path = reading.find_file(DATASET, root, [TEST_METADATA])
     frame = reading.read_csv(DATASET, csv_path, ["isic_id", "patient_id", *DEFAULT_FEATURES],
-                             columns=["isic_id", "patient_id", *NUMERIC, *CATEGORICAL])
+                             columns=["isic_id", "patient_id", *NUMERIC, *CATEGORICAL], numeric=NUMERIC)
     for column in ("isic_id", "patient_id"):
         reading.check_nonblank(DATASET, csv_path, frame, column)
+        frame[column] = frame[column].str.strip()
     reading.check_unique(DATASET, csv_path, frame, "isic_id")
     return _table(root, csv_path, frame, [UNLABELED] * len(frame), TEST_HDF5, TEST_IMAGE_FOLDERS, True)
 
 
 def _table(root: Path, csv_path: Path, frame, labels: list[int], hdf5_name: str, folders: list[str],
            patient_relative: bool) -> LesionTable:
-    image_ids = frame["isic_id"].str.strip().tolist()
-    patients = frame["patient_id"].str.strip().tolist()
-    columns = reading.parse_metadata_columns(DATASET, csv_path, frame, NUMERIC, CATEGORICAL)
+    image_ids = frame["isic_id"].tolist()
+    patients = frame["patient_id"].tolist()
+    numbers = {c: reading.parse_number_array(DATASET, csv_path, c, frame[c]) for c in NUMERIC if c in frame.columns}
+    categories = {c: reading.parse_category_column(DATASET, csv_path, c, frame[c], vocabulary)
+                  for c, vocabulary in CATEGORICAL.items() if c in frame.columns}
     numeric = list(NUMERIC)
     if patient_relative:
-        columns.update(patient_z_scores({c: columns[c] for c in MEASUREMENTS}, patients))
+        numbers.update(patient_z_scores({c: numbers[c] for c in MEASUREMENTS if c in numbers}, patients))
         numeric += RELATIVE
-    meta = reading.rows_of(columns)
+    meta = MetaColumns(numbers, categories).rows()
     hdf5 = root / hdf5_name
     if hdf5.is_file():
         reading.check_hdf5_keys(DATASET, csv_path, hdf5, image_ids)
@@ -148,8 +154,8 @@ def _table(root: Path, csv_path: Path, frame, labels: list[int], hdf5_name: str,
     else:
         paths = reading.ImageIndex(DATASET, root, [hdf5_name, *folders]).resolve_all(csv_path, image_ids)
         keys = None
-    groups = [f"patient:{p}" for p in patients]
-    records = reading.make_records(image_ids, paths, labels, groups, meta, keys=keys)
+    group_of = {p: f"patient:{p}" for p in set(patients)}  # one string per patient, not per lesion
+    records = reading.make_records(image_ids, paths, labels, [group_of[p] for p in patients], meta, keys=keys)
     return LesionTable(
         dataset=DATASET,
         csv_path=csv_path,
@@ -162,18 +168,19 @@ def _table(root: Path, csv_path: Path, frame, labels: list[int], hdf5_name: str,
     )
 
 
-def patient_z_scores(columns: dict[str, list], patients: list[str]) -> dict[str, list]:
-    """``<column>_patient_z`` of every column: ``(v - mean) / std`` over the same patient's lesions
-    that have a value (population std, the lesion itself included).
+def patient_z_scores(columns: dict[str, np.ndarray], patients: list[str]) -> dict[str, np.ndarray]:
+    """``<column>_patient_z`` of every column (float arrays, NaN = missing): ``(v - mean) / std``
+    over the same patient's lesions that have a value (population std, the lesion itself
+    included).
 
-    ``None`` where the lesion has no value or the patient has fewer than two lesions with one (there
-    is nothing to compare with: the encoder's missing indicator says so); 0 where all of the
+    Missing (NaN) where the lesion has no value or the patient has fewer than two lesions with one
+    (there is nothing to compare with: the encoder's missing indicator says so); 0 where all of the
     patient's values are equal (the lesion does not stand out).
     """
-    _, patient = np.unique(np.asarray(patients, dtype=object), return_inverse=True)
+    patient = pd.factorize(np.asarray(patients, dtype=object))[0]
     out = {}
     for name, values in columns.items():
-        v = np.array([np.nan if x is None else x for x in values], dtype=np.float64)
+        v = np.asarray(values, dtype=np.float64)
         present = ~np.isnan(v)
         count = np.bincount(patient, weights=present, minlength=patient.max() + 1)
         total = np.bincount(patient, weights=np.where(present, v, 0.0), minlength=len(count))
@@ -183,6 +190,5 @@ def patient_z_scores(columns: dict[str, list], patients: list[str]) -> dict[str,
         # Equal values leave a rounding residue in the std, not 0: compare with the values' scale.
         spread = std > 1e-9 * np.maximum(1.0, np.abs(mean))
         z = np.divide(v - mean[patient], std[patient], out=np.zeros_like(v), where=spread[patient])
-        z = np.where(present & (count[patient] >= 2), z, np.nan)
-        out[f"{name}{PATIENT_Z}"] = [None if np.isnan(x) else float(x) for x in z.tolist()]
+        out[f"{name}{PATIENT_Z}"] = np.where(present & (count[patient] >= 2), z, np.nan)
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import warnings
+from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -39,20 +40,43 @@ def find_file(dataset: str, data_dir: Path, candidates: Sequence[str]) -> Path:
     raise DatasetError(f"{dataset}: none of {list(candidates)} found in {data_dir}")
 
 
-def read_csv(dataset: str, path: Path, required: Iterable[str], columns: Optional[Iterable[str]] = None) -> pd.DataFrame:
+def read_csv(dataset: str, path: Path, required: Iterable[str], columns: Optional[Iterable[str]] = None,
+             numeric: Iterable[str] = ()) -> pd.DataFrame:
     """Read every cell as a string (blank stays ``""``) and check the required columns.
 
-    ``columns``: read only these (where present; the other columns are still checked for their
-    number of fields): a large file's unused columns then cost no memory."""
-    wanted = None if columns is None else {*columns, *required}
+    ``columns``: read only these (where present; every row is still checked for the header's
+    number of fields): a large file's unused columns then cost no memory. ``numeric``: columns
+    read as ``float64`` (blank = NaN) by pandas' own parser, whose values are ``float(cell)``'s
+    (pandas >= 3 parses correctly rounded; a test checks); if any cell of them is not a number
+    that way (``UNK``, a typo), the whole file is read as strings instead, for
+    :func:`parse_number_column` to apply the rules and name the cell."""
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False,
-                            usecols=None if wanted is None else (lambda c: c.strip() in wanted))
+        header = _header(path)
+    except OSError as err:
+        raise DatasetError(f"{dataset}: cannot read {path}: {err}") from err
+    last = header[-1] if header else None
+    wanted = None if columns is None else {*columns, *required}
+    # The last column is read too: only a row whose last field is blank can be a truncated row.
+    usecols = None if wanted is None else (lambda c: c.strip() in wanted or c.strip() == last)
+    raw = {c.strip(): c for c in header}
+    as_float = {raw[c]: np.float64 for c in numeric if c in raw and (wanted is None or c in wanted)}
+    frame = None
+    try:
+        if as_float:
+            try:
+                frame = pd.read_csv(path, dtype=defaultdict(lambda: str, as_float), keep_default_na=False,
+                                    na_values={c: [""] for c in as_float}, usecols=usecols)
+            except (ValueError, OverflowError):  # a cell that is not a number: read as strings below
+                frame = None
+        if frame is None:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, usecols=usecols)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DatasetError(f"{dataset}: cannot read {path}: {err}") from err
     frame.columns = [c.strip() for c in frame.columns]
-    header = _header(path) if wanted is not None else list(frame.columns)
-    check_row_lengths(dataset, path, len(header))
+    if last not in frame.columns or _blank(frame[last]).any():
+        check_row_lengths(dataset, path, len(header))
+    if wanted is not None and last not in wanted and last in frame.columns:
+        frame = frame.drop(columns=[last])
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DatasetError(
@@ -61,6 +85,11 @@ def read_csv(dataset: str, path: Path, required: Iterable[str], columns: Optiona
     if frame.empty:
         raise DatasetError(f"{dataset}: {path} has no data rows")
     return frame
+
+
+def _blank(column: pd.Series) -> pd.Series:
+    """Cells as pandas fills the missing fields of a short row: ``""``, or NaN in a number column."""
+    return column.isna() if pd.api.types.is_numeric_dtype(column.dtype) else column == ""
 
 
 def _header(path: Path) -> list[str]:
@@ -167,14 +196,24 @@ def parse_metadata_columns(
 
 
 def parse_number_column(dataset: str, path: Path, column: str, values: pd.Series) -> list[Optional[float]]:
-    """:func:`parse_number` of every cell of a column: Python's own ``float`` (numpy's cast of
-    strings calls it), with blanks missing; any other token takes the cell-by-cell path."""
+    """:func:`parse_number` of every cell of a column."""
+    numbers = parse_number_array(dataset, path, column, values).tolist()
+    return [None if x != x else x for x in numbers]  # NaN -> None
+
+
+def parse_number_array(dataset: str, path: Path, column: str, values: pd.Series) -> np.ndarray:
+    """:func:`parse_number` of every cell of a column as ``float64``, NaN where missing. Cells are
+    converted by Python's own ``float`` (numpy's cast of strings calls it; a column ``read_csv``
+    parsed as numbers was converted the same way), blanks missing; any other token takes the
+    cell-by-cell path, which names the first bad cell."""
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        return values.to_numpy(dtype=np.float64)
     cells = values.to_numpy(dtype=object)
     try:
-        numbers = np.where(cells == "", "nan", cells).astype(np.float64).tolist()
+        return np.where(cells == "", "nan", cells).astype(np.float64)
     except ValueError:  # missing-value tokens, or a bad cell: the exact rules, cell by cell
-        return [parse_number(dataset, path, column, i, value) for i, value in enumerate(cells.tolist())]
-    return [None if x != x else x for x in numbers]  # NaN ("nan" is a missing token too) -> None
+        parsed = [parse_number(dataset, path, column, i, value) for i, value in enumerate(cells.tolist())]
+        return np.array([np.nan if x is None else x for x in parsed], dtype=np.float64)
 
 
 def parse_category_column(
@@ -320,12 +359,12 @@ def make_records(
             label=label,
             group=group,
             meta=row_meta,
-            line=line_of(i),
+            line=line,
             mask_path=mask,
             image_key=key,
         )
-        for i, (image_id, path, label, group, row_meta, mask, key) in enumerate(
-            zip(image_ids, paths, labels, groups, meta, masks, keys)
+        for line, image_id, path, label, group, row_meta, mask, key in zip(
+            range(line_of(0), line_of(len(image_ids))), image_ids, paths, labels, groups, meta, masks, keys
         )
     ]
 
