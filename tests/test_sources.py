@@ -24,7 +24,7 @@ def expected_category(raw: str):
 
 
 def test_reader_registry():
-    assert set(READERS) == {"pad_ufes20", "isic2019", "isic2020", "ham10000"}
+    assert set(READERS) >= {"pad_ufes20", "isic2019", "isic2020", "ham10000", "isic2024"}
     assert DATASETS[0] == "synthetic" and set(DATASETS[1:]) == set(READERS)
 
 
