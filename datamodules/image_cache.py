@@ -29,7 +29,7 @@ from PIL import Image
 
 from datamodules.atomic_files import atomic_write, write_json
 from datamodules.dataset import load_rgb
-from datamodules.records import KEY_SEPARATOR, DatasetError, LesionRecord, LesionTable, split_location
+from datamodules.records import KEY_SEPARATOR, DatasetError, LesionTable, split_location
 from datamodules.synthetic.config import default_cache_root
 
 MANIFEST = "manifest.json"
@@ -87,11 +87,18 @@ def relative(path: Path, folder: Path) -> str:
     raise DatasetError(f"{path} is outside the data folder {folder}; it cannot be cached")
 
 
-def source_rel(path: Path, key: Optional[str], folder: Path) -> str:
+def source_rel(path: Path, key: Optional[str], folder: Path, known: Optional[dict[Path, str]] = None) -> str:
     """The manifest's key of an image: its file :func:`relative` to the data folder, followed by
-    ``::<key>`` for an image inside an HDF5 file."""
-    rel = relative(path, folder)
-    return f"{rel}{KEY_SEPARATOR}{key}" if key is not None else rel
+    ``::<key>`` for an image inside an HDF5 file. ``known``: files already made relative (the
+    401,059 images of one HDF5 file share one)."""
+    if key is None:
+        return relative(path, folder)
+    if known is None or path not in known:
+        rel = relative(path, folder)
+        if known is None:
+            return f"{rel}{KEY_SEPARATOR}{key}"
+        known[path] = rel
+    return f"{known[path]}{KEY_SEPARATOR}{key}"
 
 
 def cached_name(rel: str, image_format: str = "png") -> str:
@@ -246,9 +253,9 @@ def build_cache(
 
         # Plan in record order: entries still current are kept, the rest become jobs.
         jobs: list[tuple[_Job, str, dict, Optional[str], Optional[dict]]] = []
-        total, done = len(table.records), 0
+        total, done, containers = len(table.records), 0, {}
         for record in table.records:
-            rel = source_rel(record.image_path, record.image_key, source_root)
+            rel = source_rel(record.image_path, record.image_key, source_root, containers)
             if rel in files:
                 done += 1
                 continue
@@ -406,10 +413,10 @@ def apply_cache(table: LesionTable, folder: str | Path) -> LesionTable:
     files = manifest.get("files") or {}
     source_root = data_folder(table)
     checked: dict[str, Path] = {}
-    stats = _StatCache()
+    stats, containers = _StatCache(), {}
 
     def cached(path: Path, key: Optional[str] = None) -> Path:
-        rel = source_rel(path, key, source_root)
+        rel = source_rel(path, key, source_root, containers)
         if rel in checked:
             return checked[rel]
         entry = files.get(rel)

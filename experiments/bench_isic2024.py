@@ -44,21 +44,16 @@ FULL_SIZE = 401_059
 PATIENTS, MALIGNANT, HOSPITALS = 1_042, 393, 7
 SIZES = (25_000, 100_000, FULL_SIZE)
 SETUP_SECONDS, SETUP_GB, SAMPLER_SECONDS = 60.0, 3.0, 1.0
-ATTRIBUTIONS = [
-    "Memorial Sloan Kettering Cancer Center",
-    "Department of Dermatology, Hospital Clínic de Barcelona",
-    "University Hospital of Basel",
-    "Frazer Institute, The University of Queensland, Dermatology Research Centre",
-    "ACEMID MIA",
-    "ViDIR Group, Department of Dermatology, Medical University of Vienna",
-    "Department of Dermatology, University of Athens, Andreas Syggros Hospital of Skin and Venereal Diseases, "
-    "Alexandra Hospital",
-]
+#: Hospital names as the file writes them: an open vocabulary, several with commas (quoted).
+ATTRIBUTIONS = [f"Department of Dermatology, Hospital {k}" if k % 2 else f"Skin Cancer Centre {k}"
+                for k in range(HOSPITALS)]
 #: (tbp_lv_location, tbp_lv_location_simple, anatom_site_general), as the file pairs them.
 PLACES = [
-    ("Torso Back Top Third", "Torso Back", "posterior torso"), ("Torso Back Middle Third", "Torso Back", "posterior torso"),
+    ("Torso Back Top Third", "Torso Back", "posterior torso"),
+    ("Torso Back Middle Third", "Torso Back", "posterior torso"),
     ("Torso Back Bottom Third", "Torso Back", "posterior torso"), ("Torso Back", "Torso Back", "posterior torso"),
-    ("Torso Front Top Half", "Torso Front", "anterior torso"), ("Torso Front Bottom Half", "Torso Front", "anterior torso"),
+    ("Torso Front Top Half", "Torso Front", "anterior torso"),
+    ("Torso Front Bottom Half", "Torso Front", "anterior torso"),
     ("Torso Front", "Torso Front", "anterior torso"), ("Left Leg - Lower", "Left Leg", "lower extremity"),
     ("Left Leg - Upper", "Left Leg", "lower extremity"), ("Left Leg", "Left Leg", "lower extremity"),
     ("Right Leg - Lower", "Right Leg", "lower extremity"), ("Right Leg - Upper", "Right Leg", "lower extremity"),
@@ -112,8 +107,8 @@ def metadata_lines(rows: int, seed: int = 0) -> list[str]:
         "attribution": np.array([_quote(a) for a in ATTRIBUTIONS], dtype=object)[hospital],
         "copyright_license": np.array(["CC-BY", "CC-BY-NC", "CC-0"], dtype=object)[hospital % 3],
         "lesion_id": np.where(interesting, np.array([f"IL_{i:07d}" for i in range(rows)], dtype=object), ""),
-        "iddx_full": np.where(malignant, "Malignant::Malignant melanocytic proliferations (Melanoma)::Melanoma Invasive",
-                              "Benign").astype(object),
+        "iddx_full": np.where(malignant, "Malignant::Malignant melanocytic proliferations (Melanoma)::"
+                              "Melanoma Invasive", "Benign").astype(object),
         "iddx_1": np.where(malignant, "Malignant", "Benign").astype(object),
         "iddx_2": np.where(malignant, "Malignant melanocytic proliferations (Melanoma)", "").astype(object),
         "iddx_3": np.where(malignant, "Melanoma Invasive", "").astype(object),
@@ -333,7 +328,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         result["image_rates"] = {k: round(v, 1) for k, v in image_rates(images, n=100 if args.quick else 300).items()}
         for kind in ("decode", "item@224"):
             hdf5, jpeg = result["image_rates"][f"hdf5 {kind}"], result["image_rates"][f"jpeg {kind}"]
-            print(f"one worker, {kind:<9} HDF5 {hdf5:7.1f} images/s, JPEG files {jpeg:7.1f} images/s ({hdf5 / jpeg:.2f}x)")
+            print(f"one worker, {kind:<9} HDF5 {hdf5:7.1f} images/s, JPEG files {jpeg:7.1f} images/s "
+                  f"({hdf5 / jpeg:.2f}x)")
         rates = preprocess_rates(root, images=16 if args.quick else 48)
         result["preprocess_images_per_s"] = {str(k): round(v, 1) for k, v in rates.items()}
         print(f"make preprocess  1 worker {rates[1]:6.1f} images/s, 2 workers {rates[2]:6.1f} images/s "

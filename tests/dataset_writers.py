@@ -365,7 +365,8 @@ ISIC2024_ATTRIBUTIONS = [
     "Alexandra Hospital",
 ]
 ISIC2024_LOCATIONS = [
-    ("Torso Back Top Third", "Torso Back", "posterior torso"), ("Torso Front Top Half", "Torso Front", "anterior torso"),
+    ("Torso Back Top Third", "Torso Back", "posterior torso"),
+    ("Torso Front Top Half", "Torso Front", "anterior torso"),
     ("Left Leg - Lower", "Left Leg", "lower extremity"), ("Right Arm - Upper", "Right Arm", "upper extremity"),
     ("Head & Neck", "Head & Neck", "head/neck"), ("Unknown", "Unknown", ""),
 ]  # fmt: skip

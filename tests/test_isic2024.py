@@ -152,7 +152,8 @@ def test_unlabeled_test_set(fixture_hdf5):
 
 def test_leak_columns_are_refused_with_the_reason(fixture_hdf5):
     table = read_table("isic2024", fixture_hdf5.root)
-    with pytest.raises(DatasetError, match=r"\['lesion_id'\] may not be used, they leak the label \(lesion_id: set only"):
+    with pytest.raises(DatasetError,
+                       match=r"\['lesion_id'\] may not be used, they leak the label \(lesion_id: set only"):
         table.split_features(["age_approx", "lesion_id"])
     dm = LesionDataModule(dataset="isic2024", data_dir=str(fixture_hdf5.root), n_folds=3, num_workers=0,
                           meta_features=["iddx_1", "tbp_lv_dnn_lesion_confidence"], image_cache=False)
@@ -210,7 +211,8 @@ def writable(tmp_path):
 
 def test_missing_metadata_file(writable):
     writable.csv_path.unlink()
-    with pytest.raises(DatasetError, match=f"^isic2024: none of \\['train-metadata.csv'\\] found in {esc(writable.root)}"):
+    with pytest.raises(DatasetError,
+                       match=f"^isic2024: none of \\['train-metadata.csv'\\] found in {esc(writable.root)}"):
         read_table("isic2024", writable.root)
 
 
@@ -255,7 +257,8 @@ def test_blank_and_duplicate_ids(writable):
         read_table("isic2024", writable.root)
     w.set_cell(writable.csv_path, 4, "patient_id", "IP_1")
     w.set_cell(writable.csv_path, 6, "isic_id", writable.rows[0]["isic_id"])
-    with pytest.raises(DatasetError, match=f"column 'isic_id' has duplicate ids \\(line 2: '{writable.rows[0]['isic_id']}'"):
+    first = writable.rows[0]["isic_id"]
+    with pytest.raises(DatasetError, match=f"column 'isic_id' has duplicate ids \\(line 2: '{first}'"):
         read_table("isic2024", writable.root)
 
 
@@ -269,7 +272,8 @@ def test_truncated_row_names_its_line(writable):
 
 def test_image_missing_from_the_hdf5(writable):
     missing = writable.rows[3]["isic_id"]
-    kept = [(k, v) for k, v in writable.extra["jpegs"].items() if k != missing and k in {r["isic_id"] for r in writable.rows}]
+    train = {r["isic_id"] for r in writable.rows}
+    kept = [(k, v) for k, v in writable.extra["jpegs"].items() if k != missing and k in train]
     hdf5_images.write_images(writable.extra["hdf5"], kept)
     with pytest.raises(DatasetError, match=f"1 image\\(s\\) listed in {esc(writable.csv_path)} are missing from "
                                            f"{esc(writable.extra['hdf5'])}: {missing} \\(line 5\\)"):
@@ -457,7 +461,8 @@ def test_one_epoch_on_the_fixture_selects_by_the_challenge_metric(tmp_path, one_
 
     data = w.write_isic2024(tmp_path / "data")
     run_dir = train([
-        "--config", str(REPO / "experiments" / "metablock.yaml"), "--config", str(REPO / "experiments/data/isic2024.yaml"),
+        "--config", str(REPO / "experiments" / "metablock.yaml"),
+        "--config", str(REPO / "experiments" / "data" / "isic2024.yaml"),
         f"--data.data_dir={data.root}", f"--run.root={tmp_path / 'runs'}", "--run.wandb=false",
         "--data.image_size=32", "--data.batch_size=4", "--data.num_workers=0", "--data.n_folds=3",
         "--data.negatives_per_epoch=8", '--data.source_options={"patient_relative": true}',
