@@ -70,8 +70,9 @@ class LesionDataModule(L.LightningDataModule):
                 (``pad_ufes20``, ``isic2019``, ``isic2020``, ``ham10000``, ``isic2024``, ...).
             data_dir: the dataset's folder as downloaded; for ``synthetic``, the cache root
                 (default ``~/.cache/dermattn`` or ``$DERMATTN_CACHE``).
-            source_options: reader options, e.g. ``{task: diagnosis}`` for ISIC 2020 or
-                ``{n_patients: 600, seed: 1}`` for the synthetic generator.
+            source_options: reader options, e.g. ``{task: diagnosis}`` for ISIC 2020,
+                ``{patient_relative: true}`` for ISIC 2024 or ``{n_patients: 600, seed: 1}`` for the
+                synthetic generator.
             meta_features: metadata columns to use (``[]`` for none); ``None`` is the dataset's
                 published default set.
             fold: which of ``n_folds`` patient-grouped folds is the test split (the next one is
