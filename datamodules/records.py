@@ -43,7 +43,9 @@ class DatasetError(ValueError):
     """Bad input: the message names the dataset, the file and, where there is one, the row/column."""
 
 
-@dataclass(frozen=True)
+# slots: 400,000 records (ISIC 2024) without a __dict__ each: less memory, fewer objects for the
+# garbage collector to walk.
+@dataclass(frozen=True, slots=True)
 class LesionRecord:
     image_id: str
     image_path: Path
