@@ -60,18 +60,27 @@ def open_handles() -> list[str]:
 
 
 def read_bytes(path: str | Path, key: str) -> bytes:
-    """The encoded image stored under ``key``: a scalar of bytes (as ISIC ships it) or a 1-D
-    ``uint8`` array. A missing file or key, or another kind of dataset, is a ``DatasetError``."""
+    """The encoded image stored under ``key``: a scalar of bytes (as ISIC ships it), opaque bytes
+    or a 1-D ``uint8`` array. A missing file or key, or another kind of dataset, is a
+    ``DatasetError``. The ISIC layout is read through h5py's low-level API (a third of the time
+    of ``file[key][()]``, which matters next to decoding a 150-px crop)."""
+    import h5py
+
     path = Path(path)
     handle = _open(path)
     try:
-        node = handle[key]
+        dataset = h5py.h5d.open(handle.id, key.encode("utf-8"))
     except KeyError:
+        if key in handle:
+            raise DatasetError(f"{path}::{key} is an HDF5 group, not an image") from None
         raise DatasetError(f"HDF5 file {path} has no image {key!r}") from None
-    if not hasattr(node, "dtype"):
-        raise DatasetError(f"{path}::{key} is an HDF5 group, not an image")
+    if dataset.dtype.kind == "S" and dataset.shape == ():
+        value = np.empty((), dataset.dtype)
+        dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, value)
+        return bytes(value[()])  # as h5py's own reading gives it
+    node = h5py.Dataset(dataset)
     value = node[()]
-    if isinstance(value, bytes):
+    if isinstance(value, bytes):  # variable-length bytes
         return bytes(value)
     if isinstance(value, np.void):  # opaque type
         return value.tobytes()

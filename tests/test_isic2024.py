@@ -319,7 +319,8 @@ def test_unreadable_hdf5_entries_are_reported_with_their_line(writable):
 
 
 def test_hdf5_image_decodes_like_its_file(fixture_hdf5, tmp_path):
-    """Same bytes, same pixels, including EXIF rotation and draft scaling; uint8 arrays work too."""
+    """Same bytes, same pixels, including EXIF rotation and draft scaling; uint8 arrays and opaque
+    data work too."""
     image_id = fixture_hdf5.rows[0]["isic_id"]
     data = fixture_hdf5.extra["jpegs"][image_id]
     as_file = tmp_path / "x.jpg"
@@ -337,9 +338,11 @@ def test_hdf5_image_decodes_like_its_file(fixture_hdf5, tmp_path):
     with h5py.File(packed, "w") as handle:
         handle.create_dataset("rotated", data=np.bytes_(buffer.getvalue()))
         handle.create_dataset("array", data=np.frombuffer(buffer.getvalue(), np.uint8))
+        handle.create_dataset("opaque", data=np.void(buffer.getvalue()))
     rotated = load_rgb(packed, key="rotated")
     assert rotated.shape == (96, 64, 3) and np.array_equal(rotated, load_rgb(tmp_path / "r.jpg"))
     assert np.array_equal(load_rgb(packed, key="array"), rotated)
+    assert np.array_equal(load_rgb(packed, key="opaque"), rotated)
     assert np.array_equal(load_rgb(packed, key="array", min_side=16), load_rgb(tmp_path / "r.jpg", min_side=16))
 
 
