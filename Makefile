@@ -1,6 +1,6 @@
 # dermattn: every target creates .venv and installs the project on first use.
 #   make train EXP=metablock [DATA=pad_ufes20 DATA_DIR=/path] [ARGS="--trainer.max_epochs=2"] [RESUME=runs/.../last.ckpt]
-#   make preprocess DATA=isic2020 DATA_DIR=/path [SIZE=512] [FORMAT=png]   resized image copies that training then reads
+#   make preprocess DATA=isic2020 DATA_DIR=/path [SIZE=512] [FORMAT=png] [WORKERS=N]   resized image copies that training then reads
 #   make predict CKPT=runs/metablock/<run>/checkpoints/last.ckpt [DATA=... DATA_DIR=...] [SPLIT=test] [OUT=preds.csv]
 #   make predict CKPT=... DATA=isic2020 DATA_DIR=/path SPLIT=unlabeled   (the challenge test set)
 #   make predict CKPT=... IMAGES=/folder/of/pictures                     (new images, no metadata)
@@ -33,6 +33,7 @@ COMPARE_DIR ?=
 SIZE ?= 512
 FORMAT ?= jpeg
 QUALITY ?= 95
+WORKERS ?=
 
 # albumentations otherwise checks for updates over the network at import.
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -57,8 +58,8 @@ train: $(STAMP) ## train EXP (default metablock) on DATA (default: built-in synt
 	$(PY) -m experiments.train --config experiments/$(EXP).yaml $(DATA_ARGS) $(if $(RESUME),--resume=$(RESUME)) $(ARGS)
 
 preprocess: $(STAMP) ## resized copies of DATA's images (SIZE=512) that training then reads
-	@test -n "$(DATA)" || { echo "usage: make preprocess DATA=isic2020 DATA_DIR=/path [SIZE=512] [FORMAT=jpeg|png] [QUALITY=95] [ARGS=\"--source-options '{...}'\"]"; exit 2; }
-	$(PY) -m datamodules.preprocess --dataset $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --size $(SIZE) --format $(FORMAT) --quality $(QUALITY) $(ARGS)
+	@test -n "$(DATA)" || { echo "usage: make preprocess DATA=isic2020 DATA_DIR=/path [SIZE=512] [FORMAT=jpeg|png] [QUALITY=95] [WORKERS=all cores] [ARGS=\"--source-options '{...}'\"]"; exit 2; }
+	$(PY) -m datamodules.preprocess --dataset $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --size $(SIZE) --format $(FORMAT) --quality $(QUALITY) $(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
 
 cv: $(STAMP) ## k-fold cross-validation of EXP (CV_DIR=... resumes one): summary.md, mean ± std over folds
 	$(PY) -m experiments.cv --config experiments/$(EXP).yaml $(if $(CV_DIR),--dir $(CV_DIR)) -- $(DATA_ARGS) $(ARGS)
@@ -76,8 +77,9 @@ test: $(STAMP) ## fast test suite
 test-slow: $(STAMP) ## slow integration tests (DDP on CPU, multi-epoch runs)
 	$(PY) -m pytest -q -m slow $(ARGS)
 
-bench: $(STAMP) ## training and data-loading images/s of EXP, full-resolution vs cached images, the ProtoPNet push
+bench: $(STAMP) ## training and data-loading images/s of EXP, full-resolution vs cached images, the ProtoPNet push, ISIC 2024 at scale
 	$(PY) -m experiments.bench --config experiments/$(EXP).yaml $(ARGS)
+	$(PY) -m experiments.bench_isic2024
 	$(PY) -m experiments.bench_push
 	$(PY) -m experiments.bench_gpu
 

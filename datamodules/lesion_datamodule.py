@@ -31,7 +31,7 @@ from datamodules.samplers import TrainingSampling
 from datamodules.seeding import TrainPosition, run_seed, seed_transform
 from datamodules.sources import DATASETS, OFFICIAL_SPLITS, read_table
 from datamodules.sources.cleaning import drop_rare_classes, verify_images
-from datamodules.splits import SPLIT_MODES, SPLITS, official_indices, split_indices
+from datamodules.splits import SPLIT_MODES, SPLITS, check_group_by, official_indices, split_indices
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
 
@@ -62,6 +62,8 @@ class LesionDataModule(L.LightningDataModule):
         small_images: str = "error",
         oversample: Optional[dict[str, float]] = None,
         image_cache: bool = True,
+        group_by: Optional[str] = None,
+        negatives_per_epoch: Optional[int] = None,
     ):
         """
         Args:
@@ -69,8 +71,9 @@ class LesionDataModule(L.LightningDataModule):
                 (``datamodules.sources.DATASETS``: ``pad_ufes20``, ``isic2019``, ``isic2017``, ...).
             data_dir: the dataset's folder as downloaded; for ``synthetic``, the cache root
                 (default ``~/.cache/dermattn`` or ``$DERMATTN_CACHE``).
-            source_options: reader options, e.g. ``{task: diagnosis}`` for ISIC 2020 or
-                ``{n_patients: 600, seed: 1}`` for the synthetic generator.
+            source_options: reader options, e.g. ``{task: diagnosis}`` for ISIC 2020,
+                ``{patient_relative: true}`` for ISIC 2024 or ``{n_patients: 600, seed: 1}`` for the
+                synthetic generator.
             meta_features: metadata columns to use (``[]`` for none); ``None`` is the dataset's
                 published default set.
             fold: which of ``n_folds`` patient-grouped folds is the test split (the next one is
@@ -96,6 +99,11 @@ class LesionDataModule(L.LightningDataModule):
                 (``make preprocess DATA=... DATA_DIR=... SIZE=512``; see ``datamodules/image_cache.py``):
                 the smallest such cache under ``$DERMATTN_CACHE`` (or ``~/.cache/dermattn``); a cache
                 whose source files changed is an error. ``false`` always reads the original images.
+            group_by: split by this metadata column instead of by patient/lesion (``attribution``:
+                ISIC 2024's hospitals, each held out whole); patients still never span two splits.
+            negatives_per_epoch: each training epoch takes every image outside the largest class
+                (for binary data: every positive) and this many of the largest class, a different,
+                seed-determined draw every epoch (``samplers.NegativeSubsampler``).
         """
         super().__init__()
         if dataset not in DATASETS:
@@ -105,7 +113,7 @@ class LesionDataModule(L.LightningDataModule):
         if split == "official" and dataset not in OFFICIAL_SPLITS:
             raise DatasetError(f"{dataset} ships no official split; datasets that do: {list(OFFICIAL_SPLITS)} "
                                "(--data.split=folds makes patient-grouped folds)")
-        self.sampling = TrainingSampling(balanced_sampler, oversample, pk_batches)
+        self.sampling = TrainingSampling(balanced_sampler, oversample, pk_batches, negatives_per_epoch)
         if predict_split not in (*SPLITS, "all"):
             raise ValueError(f"predict_split must be one of {(*SPLITS, 'all')}, got {predict_split!r}")
         self.save_hyperparameters()
@@ -141,7 +149,9 @@ class LesionDataModule(L.LightningDataModule):
                            "are not used)")
             indices = official_indices(self.table.records, hp.dataset)
         else:
-            indices = split_indices(self.table.records, hp.fold, hp.n_folds, hp.split_seed, hp.dataset)
+            check_group_by(self.table, hp.group_by)
+            indices = split_indices(self.table.records, hp.fold, hp.n_folds, hp.split_seed, hp.dataset,
+                                    hp.group_by)
         out = {name: [self.table.records[i] for i in idx] for name, idx in indices.items()}
         for split, records in out.items():
             present = {r.label for r in records}
@@ -343,6 +353,7 @@ class LesionDataModule(L.LightningDataModule):
             "fold": hp.fold if hp.split == "folds" else None,
             "n_folds": hp.n_folds if hp.split == "folds" else None,
             "split_seed": hp.split_seed if hp.split == "folds" else None,
+            **({"group_by": hp.group_by} if hp.group_by else {}),
             "meta_features": self.encoder.feature_names,
         }
 

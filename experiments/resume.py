@@ -19,7 +19,7 @@ from lightning_modules.modules.loading import CheckpointError, read_checkpoint
 OLD_PUSH = "lightning_modules.callbacks.prototype_push.PrototypePush"  # a trainer callback before it was the module's
 #: Settings a resumed run must share with the run it continues (else its test split changes).
 DATA_IDENTITY = ("dataset", "data_dir", "source_options", "meta_features", "fold", "n_folds", "split_seed",
-                 "min_class_images", "split")  # fmt: skip
+                 "min_class_images", "split", "group_by")  # fmt: skip
 #: What a run saved before a setting existed had, in effect.
 DATA_DEFAULTS = {"split": "folds"}
 

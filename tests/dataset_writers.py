@@ -1,4 +1,4 @@
-"""Write tiny but format-exact fake copies of the four public datasets (see docs/datasets.md).
+"""Write tiny but format-exact fake copies of the public datasets (see docs/datasets.md).
 
 Plain helpers (not tests). Every writer is deterministic, writes small random-colour images and
 returns a :class:`FakeDataset` with the rows it wrote (dicts of the exact CSV strings, in file
@@ -9,6 +9,7 @@ let bad-input tests corrupt one cell of a file that was written correctly.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -653,3 +654,122 @@ def write_fitzpatrick17k(root: Path, n: int = 17, n_missing: int = 2, seed: int 
             images[md5] = _save(random_image(rng, (40, 32)), root / "images" / f"{md5}.jpg")
     csv_path = write_csv(root / "fitzpatrick17k.csv", FITZ_COLUMNS, rows)
     return FakeDataset(root, csv_path, rows, images)
+# --------------------------------------------------------------------------------------------
+# ISIC 2024 (SLICE-3D)
+# --------------------------------------------------------------------------------------------
+
+ISIC2024_COLUMNS = [
+    "isic_id", "target", "patient_id", "age_approx", "sex", "anatom_site_general", "clin_size_long_diam_mm",
+    "image_type", "tbp_tile_type", "tbp_lv_A", "tbp_lv_Aext", "tbp_lv_B", "tbp_lv_Bext", "tbp_lv_C", "tbp_lv_Cext",
+    "tbp_lv_H", "tbp_lv_Hext", "tbp_lv_L", "tbp_lv_Lext", "tbp_lv_areaMM2", "tbp_lv_area_perim_ratio",
+    "tbp_lv_color_std_mean", "tbp_lv_deltaA", "tbp_lv_deltaB", "tbp_lv_deltaL", "tbp_lv_deltaLB",
+    "tbp_lv_deltaLBnorm", "tbp_lv_eccentricity", "tbp_lv_location", "tbp_lv_location_simple", "tbp_lv_minorAxisMM",
+    "tbp_lv_nevi_confidence", "tbp_lv_norm_border", "tbp_lv_norm_color", "tbp_lv_perimeterMM",
+    "tbp_lv_radial_color_std_max", "tbp_lv_stdL", "tbp_lv_stdLExt", "tbp_lv_symm_2axis", "tbp_lv_symm_2axis_angle",
+    "tbp_lv_x", "tbp_lv_y", "tbp_lv_z", "attribution", "copyright_license", "lesion_id", "iddx_full", "iddx_1",
+    "iddx_2", "iddx_3", "iddx_4", "iddx_5", "mel_mitotic_index", "mel_thick_mm", "tbp_lv_dnn_lesion_confidence",
+]  # fmt: skip
+ISIC2024_TRAIN_ONLY = ["target", "lesion_id", "iddx_full", "iddx_1", "iddx_2", "iddx_3", "iddx_4", "iddx_5",
+                       "mel_mitotic_index", "mel_thick_mm", "tbp_lv_dnn_lesion_confidence"]  # fmt: skip
+ISIC2024_TEST_COLUMNS = [c for c in ISIC2024_COLUMNS if c not in ISIC2024_TRAIN_ONLY]
+#: Hospitals as the file names them: several contain commas (the CSV quotes them).
+ISIC2024_ATTRIBUTIONS = [
+    "Memorial Sloan Kettering Cancer Center",
+    "Department of Dermatology, Hospital Clínic de Barcelona",
+    "University Hospital of Basel",
+    "Frazer Institute, The University of Queensland, Dermatology Research Centre",
+    "ACEMID MIA",
+    "ViDIR Group, Department of Dermatology, Medical University of Vienna",
+    "Department of Dermatology, University of Athens, Andreas Syggros Hospital of Skin and Venereal Diseases, "
+    "Alexandra Hospital",
+]
+ISIC2024_LOCATIONS = [
+    ("Torso Back Top Third", "Torso Back", "posterior torso"),
+    ("Torso Front Top Half", "Torso Front", "anterior torso"),
+    ("Left Leg - Lower", "Left Leg", "lower extremity"), ("Right Arm - Upper", "Right Arm", "upper extremity"),
+    ("Head & Neck", "Head & Neck", "head/neck"), ("Unknown", "Unknown", ""),
+]  # fmt: skip
+ISIC2024_MEASUREMENTS = [c for c in ISIC2024_COLUMNS[9:43] if c not in ("tbp_lv_location", "tbp_lv_location_simple")]
+
+
+def isic2024_row(j: int, patient: int, centre: int, malignant: bool, rng: np.random.Generator) -> dict[str, str]:
+    """Row ``j``: every measurement a number in the file's style (some in e-notation), sex / age
+    blank on some rows, the location ``Unknown`` on some; the training-only columns filled the
+    way the real file fills them (lesion id and diagnosis for the lesions of interest only)."""
+    location, simple, site = ISIC2024_LOCATIONS[j % len(ISIC2024_LOCATIONS)]
+    interesting = malignant or j % 5 == 0
+    row = {
+        "isic_id": f"ISIC_{15670 + 13 * j:07d}",
+        "target": "1" if malignant else "0",
+        "patient_id": f"IP_{1235828 + 17 * patient}",
+        "age_approx": "" if j % 7 == 6 else f"{40 + 5 * (patient % 9)}.0",
+        "sex": "" if j % 6 == 5 else ["male", "female"][patient % 2],
+        "anatom_site_general": site,
+        "clin_size_long_diam_mm": f"{2.5 + 0.37 * (j % 11):.2f}",
+        "image_type": "TBP tile: close-up",
+        "tbp_tile_type": ["3D: white", "3D: XP"][j % 2],
+        "tbp_lv_location": location,
+        "tbp_lv_location_simple": simple,
+        "attribution": ISIC2024_ATTRIBUTIONS[centre % len(ISIC2024_ATTRIBUTIONS)],
+        "copyright_license": ["CC-BY", "CC-BY-NC", "CC-0"][centre % 3],
+        "lesion_id": f"IL_{7000000 + j}" if interesting else "",
+        "iddx_full": "Malignant::Malignant melanocytic proliferations (Melanoma)::Melanoma Invasive" if malignant
+        else "Benign",
+        "iddx_1": "Malignant" if malignant else "Benign",
+        "iddx_2": "Malignant melanocytic proliferations (Melanoma)" if malignant else "",
+        "iddx_3": "Melanoma Invasive" if malignant else "",
+        "iddx_4": "", "iddx_5": "",
+        "mel_mitotic_index": "<1/mm^2" if malignant else "",
+        "mel_thick_mm": "0.4" if malignant else "",
+        "tbp_lv_dnn_lesion_confidence": f"{rng.uniform(0, 100):.6g}",
+    }  # fmt: skip
+    for k, column in enumerate(ISIC2024_MEASUREMENTS):
+        value = float(rng.normal(10 + k, 3))
+        row[column] = f"{value:.6e}" if k % 9 == 4 else f"{value:.7g}"
+    return row
+
+
+def write_isic2024(root: Path, n: int = 36, images: str = "hdf5", n_test: int = 3, seed: int = 0) -> FakeDataset:
+    """``train-metadata.csv`` (the 55 columns in order) with images in ``train-image.hdf5`` (one
+    scalar-bytes dataset per ``isic_id``, the JPEG file's bytes), in ``train-image/image/`` (the
+    JPEG distribution) or both; plus ``test-metadata.csv`` (44 columns) and ``test-image.hdf5`` /
+    ``test-image/image/`` with ``n_test`` images. Patients have 1-4 lesions (lesion counts
+    cycle 3, 1, 4, 2); patient k is treated at hospital k mod 5; the first lesion of every second
+    patient is malignant. ``extra``: ``hdf5`` (or None), ``jpegs`` (id -> bytes), ``test_rows``."""
+    from datamodules.hdf5_images import write_images
+
+    if images not in ("hdf5", "jpeg", "both"):
+        raise ValueError(images)
+    root = Path(root)
+    rng = np.random.default_rng([seed, 2024])
+    rows, patient, left = [], -1, 0
+    for j in range(n):
+        first = left == 0
+        if first:
+            patient += 1
+            left = [3, 1, 4, 2][patient % 4]
+        left -= 1
+        rows.append(isic2024_row(j, patient, patient % 5, first and patient % 2 == 1, rng))
+    test_rows = [{c: r[c] for c in ISIC2024_TEST_COLUMNS}
+                 for r in (isic2024_row(n + j, 1000 + j // 2, j, False, rng) for j in range(n_test))]
+    written, jpegs = {}, {}
+    for split, split_rows in (("train", rows), ("test", test_rows)):
+        encoded = {}
+        for row in split_rows:
+            size = (36 + 4 * (len(encoded) % 3), 40)  # crops of a few sizes
+            buffer = io.BytesIO()
+            random_image(rng, size).save(buffer, format="JPEG", quality=90)
+            encoded[row["isic_id"]] = buffer.getvalue()
+        jpegs.update(encoded)
+        if images in ("hdf5", "both"):
+            write_images(root / f"{split}-image.hdf5", encoded.items())
+        if images in ("jpeg", "both"):
+            for image_id, data in encoded.items():
+                path = root / f"{split}-image" / "image" / f"{image_id}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+                written[image_id] = path
+    csv_path = write_csv(root / "train-metadata.csv", ISIC2024_COLUMNS, rows)
+    write_csv(root / "test-metadata.csv", ISIC2024_TEST_COLUMNS, test_rows)
+    hdf5 = root / "train-image.hdf5" if images != "jpeg" else None
+    return FakeDataset(root, csv_path, rows, written, {"hdf5": hdf5, "jpegs": jpegs, "test_rows": test_rows})

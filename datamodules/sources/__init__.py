@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from datamodules.records import DatasetError, LesionTable
-from datamodules.sources import ham10000, isic2019, isic2020, pad_ufes20
+from datamodules.sources import ham10000, isic2019, isic2020, isic2024, pad_ufes20
 from datamodules.sources import ddi, derm7pt, fitzpatrick17k, isic2017, ph2
 
 READERS: dict[str, Callable[..., LesionTable]] = {
@@ -24,6 +24,7 @@ READERS: dict[str, Callable[..., LesionTable]] = {
     "derm7pt": derm7pt.read,
     "ddi": ddi.read,
     "fitzpatrick17k": fitzpatrick17k.read,
+    "isic2024": isic2024.read,
 }
 DATASETS = ["synthetic", *READERS]
 #: Datasets that ship their own train / validation / test split (``--data.split=official``); their
@@ -33,6 +34,7 @@ OFFICIAL_SPLITS = ("isic2017", "derm7pt")
 UNLABELED_READERS: dict[str, Callable[[Optional[str | Path]], LesionTable]] = {
     "isic2019": isic2019.read_unlabeled,
     "isic2020": isic2020.read_unlabeled,
+    "isic2024": isic2024.read_unlabeled,
 }
 
 

@@ -5,7 +5,8 @@ One module serves MetaBlock and its baselines, AttnVGG, soft attention and any n
 network: what the network offers (:mod:`lightning_modules.contracts`) decides the rest.
 
 - every network: class-weighted cross-entropy or focal loss; one ``MetricCollection`` per stage
-  (macro AUROC, balanced accuracy, accuracy); per-class AUROC, confusion matrix and ROC curves at
+  (macro AUROC, balanced accuracy, accuracy; binary tasks also ``val/pauc_tpr80``, ISIC 2024's
+  metric, a possible ``monitor``); per-class AUROC, confusion matrix and ROC curves at
   epoch end (``evaluation_report``); class probabilities for prediction.
 - an :class:`~lightning_modules.contracts.AttentionNet`: its maps are logged by the attention
   callback and, on data with lesion masks, scored for lesion mass (``<stage>/lesion_mass[_<map>]``);
@@ -121,6 +122,8 @@ class LesionClassifier(DermModule):
             self.scores.update(stage, result.probs, batch["label"])
             self.log_dict(self.scores.scalars_of(stage), on_step=False, on_epoch=True, prog_bar=stage == "val",
                           batch_size=n)
+            if (pauc := self.scores.partial_auc(stage)) is not None:
+                self.log(f"{stage}/pauc_tpr80", pauc, on_step=False, on_epoch=True, batch_size=n)
         return result
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
