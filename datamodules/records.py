@@ -116,8 +116,8 @@ class LesionTable:
         names = self.default_features if names is None else list(names)
         refused = [n for n in names if n in self.refused_features]
         if refused:
-            raise DatasetError(f"{self.dataset}: {refused[0]!r} cannot be a metadata feature: "
-                               f"{self.refused_features[refused[0]]}")
+            raise DatasetError(f"{self.dataset}: " + "; ".join(f"{n!r} cannot be a metadata feature: "
+                                                              f"{self.refused_features[n]}" for n in refused))
         known = self.numeric_columns + self.categorical_columns
         unknown = [n for n in names if n not in known]
         if unknown:

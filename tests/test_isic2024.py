@@ -157,8 +157,9 @@ def test_leak_columns_are_refused_with_the_reason(fixture_hdf5):
         table.split_features(["age_approx", "lesion_id"])
     dm = LesionDataModule(dataset="isic2024", data_dir=str(fixture_hdf5.root), n_folds=3, num_workers=0,
                           meta_features=["iddx_1", "tbp_lv_dnn_lesion_confidence"], image_cache=False)
-    with pytest.raises(DatasetError, match="iddx_1: the histopathological diagnosis itself; "
-                                           "tbp_lv_dnn_lesion_confidence: a lesion-classifier score"):
+    with pytest.raises(DatasetError, match="'iddx_1' cannot be a metadata feature: the histopathological diagnosis "
+                                           "itself; 'tbp_lv_dnn_lesion_confidence' cannot be a metadata "
+                                           "feature: a lesion-classifier score"):
         _ = dm.encoder
 
 
