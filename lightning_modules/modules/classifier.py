@@ -108,8 +108,12 @@ class LesionClassifier(DermModule):
                 self._score_gradcam(batch)
         return StepResult(loss=loss, probs=logits.detach().float().softmax(dim=1), terms=terms, maps=maps)
 
-    def _evaluate(self, batch: dict, stage: str) -> StepResult:
+    def _evaluate(self, batch: dict, stage: str, batch_idx: int = 0) -> StepResult:
         result = self.step(batch, stage)
+        if stage == "train":
+            self.watch_training_loss(result.loss, result.terms)
+        else:
+            self.watch_outputs(stage, batch_idx, {"probabilities": result.probs, "loss": result.loss})
         self.update_lesion_mass(stage, result.maps, batch)
         n = batch["label"].shape[0]
         sync = stage != "train"
@@ -124,13 +128,13 @@ class LesionClassifier(DermModule):
         return result
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "train").loss
+        return self._evaluate(batch, "train", batch_idx).loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        self._evaluate(batch, "val", batch_idx)
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:
-        result = self._evaluate(batch, "test")
+        result = self._evaluate(batch, "test", batch_idx)
         return {"probs": result.probs, "index": batch["index"], "label": batch["label"]}
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
@@ -141,10 +145,12 @@ class LesionClassifier(DermModule):
         self.log_lesion_mass("train")
 
     def on_validation_epoch_end(self) -> None:
+        self.check_outputs("val")  # before any score is computed from them, and before the checkpoint
         self.report("val", self.scores)
         self.log_lesion_mass("val")
 
     def on_test_epoch_end(self) -> None:
+        self.check_outputs("test")
         self.report("test", self.scores)
         self.log_lesion_mass("test")
         if self.any_rank_counted(self.gradcam_mass):

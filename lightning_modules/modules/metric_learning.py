@@ -88,6 +88,7 @@ class MetricLearningModule(DermModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         learners, maps = self.learners(batch)
         losses = self.metric_losses(learners, batch["label"])
+        self.watch_training_loss(losses["loss"], {k: v for k, v in losses.items() if k != "loss"})
         n = batch["label"].shape[0]
         for name, value in losses.items():
             self.log(f"train/{name}", value, on_step=name == "loss", on_epoch=True, prog_bar=name == "loss",
@@ -107,6 +108,7 @@ class MetricLearningModule(DermModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         learners, maps = self.learners(batch)
         losses = self.metric_losses(learners, batch["label"])
+        self.watch_outputs("val", batch_idx, {"embeddings": learners, "loss": losses["loss"]})
         self.log("val/loss", losses["loss"], on_epoch=True, batch_size=batch["label"].shape[0], sync_dist=True)
         self._collect(learners, batch)
         self.update_lesion_mass("val", maps, batch)
@@ -128,6 +130,7 @@ class MetricLearningModule(DermModule):
             self.log(f"{stage}/recall@1_learner{m}", recall_at_k(learners[:, m], labels, groups, (1,), name=split)[1])
 
     def on_validation_epoch_end(self) -> None:  # no classification report: classes come from k-NN at test
+        self.check_outputs("val")
         self._retrieval("val")
         self.log_lesion_mass("val")
 
@@ -149,12 +152,14 @@ class MetricLearningModule(DermModule):
         bank, bank_labels = self._bank
         probs = knn_probabilities(learners.flatten(1), bank, bank_labels, self.hparams.num_classes,
                                   self.hparams.knn_k)  # fmt: skip
+        self.watch_outputs("test", batch_idx, {"embeddings": learners, "probabilities": probs})
         self.scores.update("test", probs, batch["label"])
         self.log_dict(self.scores.scalars_of("test"), on_step=False, on_epoch=True, batch_size=batch["label"].shape[0])
         self._collect(learners, batch)
         return {"probs": probs, "index": batch["index"], "label": batch["label"]}
 
     def on_test_epoch_end(self) -> None:
+        self.check_outputs("test")
         self._retrieval("test")
         self.report("test", self.scores)
         self.log_lesion_mass("test")

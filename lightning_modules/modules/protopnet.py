@@ -163,6 +163,7 @@ class ProtoPNetModule(LesionClassifier):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, factors), "interval": "epoch"}}
 
     def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
         stage = self.stage(self.current_epoch)
         for param in self.net.backbone.parameters():
             param.requires_grad_(stage == "joint")
@@ -187,6 +188,7 @@ class ProtoPNetModule(LesionClassifier):
         """Project every prototype onto its nearest training patch and optimise the last layer
         alone. ``batches``: every training image once, un-augmented (this process's shard under
         DDP), iterable twice (a DataLoader). A collective under DDP: every process calls it."""
+        self.check_training_loss()  # the push comes before this batch's own check: no push of a diverged model
         epoch = self.current_epoch
         was_training = self.training
         self.eval()
@@ -233,6 +235,7 @@ class ProtoPNetModule(LesionClassifier):
         self.log("val/push_auroc", macro if pushed else 0.0)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["protopnet_push_epochs"] = list(self.push_epochs)
         checkpoint["protopnet_last_push_epoch"] = self.push_epochs[-1] if self.push_epochs else -1
 
