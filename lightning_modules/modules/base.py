@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from datamodules.arguments import InvalidOption
 from lightning_modules.contracts import AttentionNet, EvaluationReport, NetFactory
 from lightning_modules.metrics.lesion_mass import LesionMass
 from lightning_modules.modules.scores import ClassificationScores, LesionMassScores
@@ -64,6 +65,9 @@ class DermModule(L.LightningModule):
                 changes what is computed.
         """
         super().__init__()
+        if not isinstance(monitor, str) or not monitor.strip():
+            raise InvalidOption(f"--model.init_args.monitor={monitor!r}: must name a logged validation metric, "
+                                "e.g. val/auroc")
         # The optimiser/scheduler factories are config, not state: keep them out of the checkpoint
         # so it loads with torch.load(weights_only=True). The network's config (a dict when the CLI
         # built the module) stays: `load_from_checkpoint` rebuilds the network from it.

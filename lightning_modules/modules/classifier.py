@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
+from datamodules.arguments import check_choice, check_number
 from lightning_modules.analysis.gradcam import grad_cam
 from lightning_modules.contracts import AttentionNet, GradCamNet, StepResult, evaluation_data
 from lightning_modules.lightning_compat import attached_trainer
@@ -64,6 +65,9 @@ class LesionClassifier(DermModule):
                 data's ``num_classes`` ..., ``monitor``, ``optimizer``, ``scheduler``).
         """
         super().__init__(**kwargs)
+        check_choice("--model.init_args.loss", loss, ("ce", "focal"))
+        check_number("--model.init_args.focal_gamma", focal_gamma, minimum=0)
+        check_number("--model.init_args.mask_loss_weight", mask_loss_weight, minimum=0)
         hp = self.hparams
         self.criterion = classification_loss(loss, hp.class_weights if weighted_loss else None, focal_gamma)
         if mask_loss_weight > 0 and not self.attention_names:

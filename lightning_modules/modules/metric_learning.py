@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import torch
 
+from datamodules.arguments import check_choice, check_int, check_number
 from lightning_modules.metrics.gather import gather_unique_tensors
 from lightning_modules.contracts import EmbeddingNet, EvaluationData, evaluation_data
 from lightning_modules.lightning_compat import attached_trainer
@@ -55,6 +56,11 @@ class MetricLearningModule(DermModule):
                 embedding network (``lightning_modules.nets.abe.ABE``).
         """
         super().__init__(monitor=monitor, **kwargs)
+        check_number("--model.init_args.margin", margin, above=0)
+        check_number("--model.init_args.div_margin", div_margin, minimum=0)
+        check_number("--model.init_args.lambda_div", lambda_div, minimum=0)
+        check_int("--model.init_args.knn_k", knn_k, minimum=1)
+        check_choice("--model.init_args.div_reduction", div_reduction, ("mean", "sum"))
         if not isinstance(self.net, EmbeddingNet):
             raise TypeError(f"MetricLearningModule needs an embedding network (embed), got {type(self.net).__name__}")
         self.scores = ClassificationScores(self.hparams.num_classes, self.class_names, stages=("test",))
