@@ -1,7 +1,8 @@
 """How every command-line entry point ends when something goes wrong: the one-line message last.
 
-An error the user can act on (a bad option, bad data, a bad or diverged checkpoint, a full disk,
-a run folder in use: :data:`USER_ERRORS`) prints ``error: <message>`` and, where a resume can
+On the lowest floor, as every floor has entry points (``python -m datamodules.preprocess``, the
+``experiments`` commands). An error the user can act on (a bad option, bad data, a bad or
+diverged checkpoint, a full disk, a run folder in use: :data:`USER_ERRORS`) prints ``error: <message>`` and, where a resume can
 continue the run, the command that does, with no traceback above them. Anything else is a bug
 (or a failure of a library underneath): its traceback is printed, then the same one-line summary,
 so the last line says what happened even when the traceback is long. ``DERMATTN_DEBUG=1`` in the
@@ -17,20 +18,29 @@ import traceback
 from typing import Any, Callable, Optional, Sequence
 
 from datamodules.atomic_files import DiskFullError
-from experiments.run_lock import RunFolderBusy
-from lightning_modules.errors import NonFiniteError, advice_of
 
 DEBUG_ENV = "DERMATTN_DEBUG"
 DEBUG_FLAG = "--debug"
+_ADVICE = "dermattn_advice"
+
+
+class UserFacing:
+    """Mixin of errors whose message says all the user needs (a diverged run, a run folder in use)."""
+
 
 #: Errors whose message says all the user needs. ValueError covers the project's own input errors
-#: (ConfigError, DatasetError, CheckpointError, ...) and the argument checks of every class.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, DiskFullError, NonFiniteError,
-               RunFolderBusy)  # fmt: skip
+#: (ConfigError, DatasetError, CheckpointError, InvalidOption, ...) and the argument checks of classes.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, DiskFullError, UserFacing)
 
 
-class RunFailed(RuntimeError):
-    """A training run started by another tool (cv, compare, sweep) failed; it printed why."""
+def advise(error: BaseException, advice: str) -> None:
+    """Attach what the user can do about ``error`` (one line, e.g. the command that resumes the
+    run), for :func:`run` to print after the error's own line."""
+    setattr(error, _ADVICE, advice)
+
+
+def advice_of(error: BaseException) -> Optional[str]:
+    return getattr(error, _ADVICE, None)
 
 
 def debugging(argv: list[str]) -> bool:

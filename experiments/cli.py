@@ -106,8 +106,11 @@ class DermCLI(LightningCLI):
         except ArgumentError as err:
             self.end_run(failed=True)
             raise explain_parse_error(err, getattr(self, "parser", None)) from None
-        except BaseException:
+        except BaseException as err:
             self.end_run(failed=True)  # no empty run folder is left behind
+            cause = unwrapped(err)
+            if cause is not err:
+                raise cause from None
             raise
 
     def resume_command(self) -> str:
@@ -214,6 +217,18 @@ class DermCLI(LightningCLI):
                                f"{config.trainer.strategy!r} -> {variant!r}")  # fmt: skip
                 trainer = build(strategy=variant)
         return trainer
+
+
+#: How jsonargparse words an error raised by a class it instantiates for an ``Optional[...]`` argument
+#: (the model): the class's own error is its cause, after pages of the configuration.
+UNION_WRAPPER = "Does not validate against any of the Union subtypes"
+
+
+def unwrapped(err: BaseException) -> BaseException:
+    """The error a class raised while the parser instantiated it, without the parser's wrapping."""
+    while isinstance(err, ValueError) and str(err).startswith(UNION_WRAPPER) and err.__cause__ is not None:
+        err = err.__cause__
+    return err
 
 
 def check_optimizer(model: DermModule) -> None:

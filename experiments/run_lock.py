@@ -19,10 +19,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from datamodules.entry_point import UserFacing
+
 LOCK_FILE = ".run.lock"
 
 
-class RunFolderBusy(RuntimeError):
+class RunFolderBusy(UserFacing, RuntimeError):
     """Another live process holds the run folder."""
 
 
@@ -57,3 +59,6 @@ class RunLock:
     @property
     def held(self) -> bool:
         return self._fd is not None
+
+    def __del__(self) -> None:  # a CLI object dropped without ending its run (tests, notebooks)
+        self.release()

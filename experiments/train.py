@@ -76,6 +76,6 @@ def wandb_sync_command(run_dir: Path) -> str:
 
 
 if __name__ == "__main__":
-    from experiments.entry import run
+    from datamodules.entry_point import run
 
     run(main)
