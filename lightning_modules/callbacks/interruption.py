@@ -28,7 +28,9 @@ Errors that a resume cannot cross get no checkpoint and no resume command: a run
 before its first training step (bad data, a bad option: the entry point removes its new run
 folder), and a diverged run (:class:`~lightning_modules.errors.NonFiniteError`: the resumed run
 would diverge again). A full disk gets no ``interrupted.ckpt`` (it would not fit) but the
-command that resumes from ``last.ckpt`` once there is space. The resume command of an error is
+command that resumes from ``last.ckpt`` once there is space. An error in the test after training
+gets no checkpoint either (``last.ckpt`` and the best one stand): resuming from ``last.ckpt``
+only runs the test again. The resume command of an error is
 attached to it (:func:`~lightning_modules.errors.advise`) for the entry point to print after the
 error's own line; an interruption by a signal prints it here.
 
@@ -177,9 +179,13 @@ class ResumableInterruption(UsesRunContext, Checkpoint):
                      if last.exists() else "")  # fmt: skip
         if not signalled and not self._resumable(trainer, exception):
             self._release_signals()
-            if isinstance(exception, DiskFullError) and trainer.is_global_zero:
-                advise(exception, f"free some space, then {from_last}" if from_last
-                       else "free some space and start the run again")  # fmt: skip
+            if trainer.is_global_zero and not isinstance(exception, NonFiniteError):
+                space = "free some space, then " if isinstance(exception, DiskFullError) else ""
+                if trainer.state.fn == TrainerFn.TESTING and last.exists():
+                    advise(exception, f"{space}test again with: {self.resume_command.format(ckpt=last)} "
+                                      "(training is over: the resumed run only tests)")
+                elif space:
+                    advise(exception, space + from_last if from_last else "free some space and start the run again")
             return
         if trainer.state.fn == TrainerFn.FITTING and (trainer.validating or trainer.sanity_checking):
             self._release_signals()
