@@ -84,7 +84,6 @@ class DermModule(L.LightningModule):
         self.lesion_mass = LesionMassScores(self.attention_names)
         self._reports: dict[str, EvaluationReport] = {}
         self.finite_guard = FiniteGuard()
-        self._epoch_first_step = 0
 
     # -- what the run watches --------------------------------------------------------------------
     @property
@@ -164,10 +163,8 @@ class DermModule(L.LightningModule):
     def check_training_loss(self) -> None:
         """Raise :class:`~lightning_modules.errors.NonFiniteError` if a training loss so far was
         NaN or infinite (a collective under DDP: every process calls it at the same step)."""
-        first = self._epoch_first_step
-        self.finite_guard.check_training(
-            lambda step: f"training step {step} (epoch {self.current_epoch}, its batch {step - first})",
-            self._any_process)
+        self.finite_guard.check_training(lambda step: f"training step {step} (epoch {self.current_epoch})",
+                                         self._any_process)
 
     def check_outputs(self, stage: str) -> None:
         """Raise :class:`~lightning_modules.errors.NonFiniteError` if an output of this ``stage``
@@ -176,12 +173,9 @@ class DermModule(L.LightningModule):
         self.finite_guard.check_outputs(stage, self.current_epoch, self._any_process, checkpoint,
                                         untrained=self.trainer.sanity_checking and self.global_step == 0)
 
-    def on_train_epoch_start(self) -> None:
-        self._epoch_first_step = self.global_step
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Read on a CPU every step (nothing to wait for); on a device when Lightning reads logged
-        # values anyway (log_every_n_steps) and at the epoch's last batch, before validation.
+        # Read on a CPU every step (nothing to wait for); on a device as often as Lightning reads
+        # logged values (log_every_n_steps), and at the epoch's last batch, before validation.
         trainer = self.trainer
         every = 1 if self.device.type == "cpu" and trainer.world_size == 1 else max(1, trainer.log_every_n_steps)
         if batch_idx == trainer.num_training_batches - 1 or self.global_step % every == 0:

@@ -171,7 +171,6 @@ class ProtoPNetModule(LesionClassifier):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, factors), "interval": "epoch"}}
 
     def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
         stage = self.stage(self.current_epoch)
         for param in self.net.backbone.parameters():
             param.requires_grad_(stage == "joint")

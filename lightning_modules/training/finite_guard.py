@@ -3,14 +3,15 @@
 Three checks, each where it costs no extra wait for the device:
 
 - the training loss: every step's total loss is checked on the device (``isfinite``, no copy to
-  the host), and the first non-finite step is kept there with its loss terms. The host reads it
-  every ``interval`` steps, on the steps where Lightning already copies logged values to the host
-  (``log_every_n_steps``), and at the epoch's last batch, before validation and the push. On a CPU
-  there is no device to wait for and it is read every step. A ``.item()`` every step would make
-  the host wait for each step's kernels to finish before queueing the next batch's.
+  the host), and the first non-finite step is kept there with its loss terms. On a GPU the host
+  reads it as often as Lightning copies logged values to the host (every ``log_every_n_steps``),
+  and at the epoch's last batch, before validation and the push; on a CPU there is no device to
+  wait for and it is read every step. A ``.item()`` every step would make the host wait for each
+  step's kernels to finish before queueing the next batch's.
 - evaluation outputs: each validation/test batch's probabilities (or embeddings) and loss are
-  checked the same way and read once at epoch end, before any score is computed from them (an
-  AUROC of NaN probabilities is a number, and a misleading one) and before the epoch's checkpoint.
+  checked the same way and read once, after the split's last batch: before any score is computed
+  from them (an AUROC of NaN probabilities is a number, and a misleading one) and before the
+  epoch's checkpoint.
 - the weights, whenever a checkpoint is written (one check per file).
 
 Under DDP every process reads at the same steps and they decide together (a process that stopped
@@ -120,12 +121,14 @@ class FiniteGuard:
         step, values = found
         bad_terms = [n for n, v in values.items() if n != "loss" and not _finite(v)]
         terms = f" (non-finite term{'s' if len(bad_terms) > 1 else ''}: {', '.join(bad_terms)})" if bad_terms else ""
+        first = (" That is the first step: look for NaN or infinite inputs (images, metadata) or a broken "
+                 "initialisation." if step == 0 else "")  # fmt: skip
         raise NonFiniteError(
             f"the run diverged: the training loss is {_word(values['loss'])} at {where(step)}{terms}; "
             f"the loss terms then: {describe(values)}. Nothing was checkpointed after it and the run "
             "stops here; resuming would diverge again. Lower the learning rate (or use gradient "
             "clipping: --trainer.gradient_clip_val=1.0) and start a new run; "
-            "--trainer.detect_anomaly=true names the operation that produced it (slow)")
+            f"--trainer.detect_anomaly=true names the operation that produced it (slow).{first}")
 
     # -- validation / test -----------------------------------------------------------------------
     def record_outputs(self, stage: str, batch_idx: int, outputs: Mapping[str, torch.Tensor]) -> None:
@@ -141,16 +144,16 @@ class FiniteGuard:
         if found is None:
             raise NonFiniteError(f"another process's {split} outputs are NaN or infinite; its message says where")
         batch, values = found
-        model = (f"the checkpoint {checkpoint}" if checkpoint else "the untrained model" if untrained
-                 else f"the model of epoch {epoch}")
+        what = f"{'/'.join(n for n, v in values.items() if not _finite(v))} that are NaN or infinite on {split} " \
+               f"batch {batch} ({describe(values)}), so no score is computed from them"
+        if untrained:
+            raise NonFiniteError(f"the untrained model gives {what}: look for NaN or infinite inputs (images, "
+                                 "metadata) or a broken initialisation")
+        if checkpoint:
+            raise NonFiniteError(f"the checkpoint {checkpoint} gives {what}: the run that wrote it diverged")
         raise NonFiniteError(
-            f"the run diverged: {model} gives {'/'.join(n for n, v in values.items() if not _finite(v))} "
-            f"that are NaN or infinite on {split} batch {batch} ({describe(values)}), so no score is "
-            "computed from them and this model is not checkpointed. Lower the learning rate (or use "
-            "--trainer.gradient_clip_val=1.0) and start a new run")
-
-    def forget_outputs(self, stage: str) -> None:
-        self.evaluation.pop(stage, None)
+            f"the run diverged: the model of epoch {epoch} gives {what} and it is not checkpointed. Lower the "
+            "learning rate (or use --trainer.gradient_clip_val=1.0) and start a new run")
 
 
 def check_weights(state_dict: Mapping[str, torch.Tensor], what: str) -> None:
