@@ -23,15 +23,25 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 class DiskFullError(OSError):
     """A write that did not fit. ``path``: the file; ``needed``: the bytes being written (or, when
-    the size was not known in advance, at least those written before the failure); ``free``: the
-    bytes left on its filesystem."""
+    the size was not known in advance, at least those written before the failure; ``None``: not
+    known); ``free``: the bytes left on its filesystem."""
 
-    def __init__(self, path: Path, needed: int, free: Optional[int], at_least: bool = False):
+    def __init__(self, path: Path, needed: Optional[int], free: Optional[int], at_least: bool = False,
+                 atomic: bool = True):
         self.path, self.needed, self.free = Path(path), needed, free
         left = f"{format_bytes(free)} free" if free is not None else "free space unknown"
-        need = f"{'at least ' if at_least else ''}{format_bytes(needed)}"
-        super().__init__(errno.ENOSPC, f"the disk is full: writing {self.path} needed {need}, {left} on its "
-                                       "filesystem; the file was not written and the earlier one, if any, is intact")
+        need = f" needed {'at least ' if at_least else ''}{format_bytes(needed)}," if needed is not None else ";"
+        kept = "; the file was not written and the earlier one, if any, is intact" if atomic else ""
+        super().__init__(errno.ENOSPC, f"the disk is full: writing {self.path}{need} {left} on its filesystem{kept}")
+
+    @classmethod
+    def from_error(cls, error: BaseException, folder: Path) -> "DiskFullError":
+        """The same for a "no space left" raised by another writer (a library's log file, say): its
+        file if the error names one, else ``folder``."""
+        while error is not None and not (isinstance(error, OSError) and error.errno in NO_SPACE):
+            error = error.__cause__ or error.__context__
+        path = Path(error.filename) if error is not None and error.filename else Path(folder)
+        return cls(path, None, free_bytes(path.parent if path != Path(folder) else path), atomic=False)
 
     def __str__(self) -> str:
         return self.strerror

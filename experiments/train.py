@@ -15,7 +15,8 @@ from pathlib import Path  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
 
-from datamodules.atomic_files import DiskFullError  # noqa: E402
+from datamodules.atomic_files import DiskFullError, out_of_space  # noqa: E402
+from datamodules.entry_point import advice_of, advise  # noqa: E402
 from experiments.cli import DermCLI  # noqa: E402
 from experiments.run_folder import stop_sharing  # noqa: E402
 from lightning_modules.callbacks.interruption import ResumableInterruption  # noqa: E402
@@ -48,9 +49,14 @@ def main(args=None):
         end(cli, trainer)
         raise SystemExit(1 if held == ["Ctrl-C"] else 128 + signal.SIGTERM) from err
     except BaseException as err:
+        end(cli, trainer, failed=True)
+        if out_of_space(err) and not isinstance(err, DiskFullError):  # a writer other than ours (a log file)
+            full = DiskFullError.from_error(err, cli.run_dir)
+            full.strerror += "; " + intact_checkpoints(cli.run_dir / "checkpoints")
+            advise(full, advice_of(err) or "")
+            raise full from err
         if isinstance(err, DiskFullError) and err.path.suffix != ".ckpt":  # checkpoint writes list them already
             err.strerror += "; " + intact_checkpoints(cli.run_dir / "checkpoints")
-        end(cli, trainer, failed=True)
         raise
     end(cli, trainer)
     rank_zero_info(f"finished: {cli.run_dir}")

@@ -208,6 +208,22 @@ def test_a_full_disk_keeps_the_run_and_says_which_checkpoints_are_intact(tmp_pat
     assert all_finite(folder / "last.ckpt") and (run_dir / "config.yaml").is_file() and (run_dir / "metrics.csv").is_file()
 
 
+def test_no_space_from_any_writer_is_recognised_and_named(tmp_path):
+    from datamodules.atomic_files import out_of_space
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "metrics.csv"))
+        except OSError:
+            raise RuntimeError("a library's wrapper")
+    except RuntimeError as err:
+        wrapped = err
+    assert out_of_space(wrapped) and not out_of_space(RuntimeError("other")) and out_of_space(OSError(errno.EDQUOT, "q"))
+    message = str(DiskFullError.from_error(wrapped, tmp_path))
+    assert re.fullmatch(f"the disk is full: writing {tmp_path / 'metrics.csv'}; [0-9.]+ [KMG]?B free on its filesystem",
+                        message), message
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 45 MB filesystem (tmpfs; needs the right to mount, else the test is skipped)."""

@@ -57,7 +57,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from datamodules.atomic_files import DiskFullError
+from datamodules.atomic_files import out_of_space
 from lightning_modules.callbacks.run_context import UsesRunContext
 from lightning_modules.errors import NonFiniteError, advise
 from lightning_modules.lightning_compat import set_received_sigterm
@@ -180,7 +180,7 @@ class ResumableInterruption(UsesRunContext, Checkpoint):
         if not signalled and not self._resumable(trainer, exception):
             self._release_signals()
             if trainer.is_global_zero and not isinstance(exception, NonFiniteError):
-                space = "free some space, then " if isinstance(exception, DiskFullError) else ""
+                space = "free some space, then " if out_of_space(exception) else ""
                 if trainer.state.fn == TrainerFn.TESTING and last.exists():
                     advise(exception, f"{space}test again with: {self.resume_command.format(ckpt=last)} "
                                       "(training is over: the resumed run only tests)")
@@ -214,7 +214,7 @@ class ResumableInterruption(UsesRunContext, Checkpoint):
     def _resumable(trainer: L.Trainer, exception: BaseException) -> bool:
         """Whether an error (not a signal) leaves a state worth resuming from: not before the first
         training step of a new run, not a diverged run, not a full disk, not in a test."""
-        if isinstance(exception, (NonFiniteError, DiskFullError)):
+        if isinstance(exception, NonFiniteError) or out_of_space(exception):
             return False
         if trainer.state.fn != TrainerFn.FITTING:
             return False  # training is over: its last.ckpt and best checkpoint stand
