@@ -12,14 +12,19 @@ join its folder (``experiments/run_folder.py``).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
 from datamodules.entry_point import UserFacing
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs go unprotected (with a warning)
+    fcntl = None
 
 LOCK_FILE = ".run.lock"
 
@@ -34,14 +39,23 @@ class RunLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> "RunLock":
+        if fcntl is None:
+            warnings.warn("this platform has no flock: nothing stops a second run from writing into "
+                          f"{self.path.parent}", stacklevel=2)
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:  # held by a live process
             holder = self.path.read_text(errors="replace").strip() or "another process"
             os.close(fd)
             raise RunFolderBusy(f"{self.path.parent} is in use by {holder}: two runs in one folder would overwrite "
                                 "each other. Wait for it to finish (or stop it), or use another folder") from None
+        except OSError as err:  # a filesystem without locks (some network mounts): run, unprotected
+            os.close(fd)
+            warnings.warn(f"cannot lock the run folder {self.path.parent} ({err}); nothing stops a second run "
+                          "from writing into it", stacklevel=2)
+            return self
         os.ftruncate(fd, 0)
         os.write(fd, f"process {os.getpid()} on {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n"
                  .encode())
