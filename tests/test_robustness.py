@@ -414,3 +414,18 @@ def test_push_progress_follows_the_trainers_progress_bar():
     fit_last_layer(layer, torch.randn(8, 4), torch.randint(0, 2, (8,)), torch.nn.CrossEntropyLoss(), 0.0, None,
                    epochs=3, lr=0.01, batch_size=4, seed=0, progress=lambda passes: (seen.append(p) or p for p in passes))
     assert seen == [0, 1, 2]
+
+
+def test_a_failed_run_of_a_multi_run_tool_is_one_line(tmp_path, monkeypatch, capsys):
+    from experiments import runs
+
+    def failing(args, check, env):  # the run printed its own error and exited 1
+        raise subprocess.CalledProcessError(1, args)
+
+    monkeypatch.setattr(runs.subprocess, "run", failing)
+    with pytest.raises(SystemExit):
+        run(lambda argv: runs.train_once(tmp_path / "fold0", ["--config", "experiments/metablock.yaml"]), [])
+    err = capsys.readouterr().err
+    assert last_lines(err) == [f"error: the training run in {tmp_path / 'fold0'} failed (exit code 1); its error is "
+                               "above. Runs that finished are kept: the same command, once the cause is fixed, "
+                               "continues from there"] and "Traceback" not in err
