@@ -255,7 +255,7 @@ def test_a_disk_too_small_for_the_first_checkpoint_keeps_the_run_folder(small_di
 
 def hold_lock(folder: Path) -> subprocess.Popen:
     """Another process holding ``folder``'s run lock (as a live run does)."""
-    code = ("import sys, time; from experiments.run_lock import RunLock; RunLock(sys.argv[1]).acquire(); "
+    code = ("import sys, time; from experiments.run_lock import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
             "print('locked', flush=True); time.sleep(120)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=REPO, stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
