@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader, default_collate
 
+from datamodules.arguments import check_choice, check_int, check_number
 from datamodules.dataset import LesionDataset
 from datamodules.description import DataDescription
 from datamodules.image_cache import StaleCache, apply_cache, find_cache
@@ -32,7 +33,28 @@ from datamodules.seeding import TrainPosition, run_seed, seed_transform
 from datamodules.sources import DATASETS, OFFICIAL_SPLITS, read_table
 from datamodules.sources.cleaning import drop_rare_classes, verify_images
 from datamodules.splits import SPLIT_MODES, SPLITS, check_group_by, official_indices, split_indices
-from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, RECIPES, build_transforms
+
+
+def check_data_options(options: dict[str, Any]) -> None:
+    """The datamodule's arguments, each within what it allows (the message names the option)."""
+    check_int("--data.batch_size", options["batch_size"], minimum=1)
+    check_int("--data.eval_batch_size", options["eval_batch_size"], minimum=1, optional=True)
+    check_int("--data.image_size", options["image_size"], minimum=1)
+    check_int("--data.num_workers", options["num_workers"], minimum=0)
+    check_int("--data.n_folds", options["n_folds"], minimum=3)  # a test, a validation and a training fold
+    check_int("--data.fold", options["fold"], minimum=0, maximum=options["n_folds"] - 1)
+    check_int("--data.split_seed", options["split_seed"])
+    check_int("--data.min_class_images", options["min_class_images"], minimum=0)
+    check_int("--data.negatives_per_epoch", options["negatives_per_epoch"], minimum=1, optional=True)
+    check_choice("--data.augment", options["augment"], RECIPES)
+    check_choice("--data.split", options["split"], SPLIT_MODES)
+    check_choice("--data.small_images", options["small_images"], ("error", "warn"))
+    for name in ("normalize_mean", "normalize_std"):
+        if len(options[name]) != 3:
+            raise ValueError(f"--data.{name}={list(options[name])!r}: must be three numbers (R, G, B)")
+    for value in options["normalize_std"]:
+        check_number("--data.normalize_std", value, above=0)
 
 
 class LesionDataModule(L.LightningDataModule):
@@ -108,8 +130,7 @@ class LesionDataModule(L.LightningDataModule):
         super().__init__()
         if dataset not in DATASETS:
             raise DatasetError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
-        if split not in SPLIT_MODES:
-            raise ValueError(f"split must be one of {SPLIT_MODES}, got {split!r}")
+        check_data_options(locals())
         if split == "official" and dataset not in OFFICIAL_SPLITS:
             raise DatasetError(f"{dataset} ships no official split; datasets that do: {list(OFFICIAL_SPLITS)} "
                                "(--data.split=folds makes patient-grouped folds)")

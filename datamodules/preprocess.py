@@ -124,4 +124,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from datamodules.entry_point import run
+
+    sys.exit(run(main))

@@ -46,8 +46,10 @@ from experiments.loggers import make_csv_logger, make_wandb_logger
 from experiments.net_options import ConfigError, UnknownOptionError, closest, expand_net_shorthands
 from experiments.resume import check_same_data, resumed_run_config, with_run_config
 from experiments.run_callbacks import hand_over, in_order, resolve_monitor, without
-from experiments.run_folder import discard_if_unused, resolve_run_dir, share_with_workers
+from experiments.run_folder import discard_if_unused, is_global_zero_process, resolve_run_dir, share_with_workers
+from experiments.run_lock import RunLock
 from experiments.strategy import find_unused_variant
+from experiments.trainer_options import DermArgumentParser
 from lightning_modules.callbacks.checkpointing import RunCheckpoint
 from lightning_modules.callbacks.run_context import RunContext
 from lightning_modules.modules.base import DermModule
@@ -74,6 +76,7 @@ class DermCLI(LightningCLI):
     def __init__(self, args: Optional[Sequence[str]] = None, **kwargs):
         self.run_dir: Optional[Path] = None
         self.created_run_dir = False
+        self.run_lock: Optional[RunLock] = None
         args = list(sys.argv[1:] if args is None else args)
         self.resumed_config = resumed_run_config(args)
         if self.resumed_config is not None:  # the run's own settings, then the new overrides
@@ -87,6 +90,7 @@ class DermCLI(LightningCLI):
                 super().__init__(
                     DermModule,
                     LesionDataModule,
+                    parser_class=DermArgumentParser,  # `--trainer.limit_train_batches=1` is one batch
                     subclass_mode_model=True,
                     save_config_callback=SaveRunConfig,
                     save_config_kwargs={"overwrite": True},
@@ -100,10 +104,13 @@ class DermCLI(LightningCLI):
                     **kwargs,
                 )
         except ArgumentError as err:
-            self.discard_new_run_dir()
+            self.end_run(failed=True)
             raise explain_parse_error(err, getattr(self, "parser", None)) from None
-        except BaseException:
-            self.discard_new_run_dir()  # bad data or config: no empty run folder is left behind
+        except BaseException as err:
+            self.end_run(failed=True)  # no empty run folder is left behind
+            cause = unwrapped(err)
+            if cause is not err:
+                raise cause from None
             raise
 
     def resume_command(self) -> str:
@@ -115,9 +122,13 @@ class DermCLI(LightningCLI):
                 return f"make train EXP={path.relative_to(EXPERIMENTS_DIR).with_suffix('')} RESUME={{ckpt}}"
         return "python -m experiments.train --resume {ckpt}"
 
-    def discard_new_run_dir(self) -> None:
-        """Remove the run folder this run created if nothing worth keeping is in it yet."""
-        discard_if_unused(self.run_dir, self.created_run_dir)
+    def end_run(self, failed: bool = False, trained: bool = False) -> None:
+        """Release the run folder; after a failure before training (``trained``: whether a
+        training step was taken), remove it if this run created it."""
+        if failed:
+            discard_if_unused(self.run_dir, self.created_run_dir, trained)
+        if self.run_lock is not None:
+            self.run_lock.release()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run.name", type=str, default="experiment", help="run folder: runs/<name>/...")
@@ -150,14 +161,28 @@ class DermCLI(LightningCLI):
             rank_zero_warn("balanced_sampler and weighted_loss both correct the class imbalance; "
                            "set --model.init_args.weighted_loss=false to correct it once")
         warn_normalisation_mismatch(model.net.get("init_args") or {}, config.data)
+
+    def open_run_dir(self) -> None:
+        """Create (or, resuming, find) the run folder and lock it. Called once the data and the
+        model are built, so that a bad option or bad data is reported before the folder exists."""
+        config = self.config
         self.run_dir, self.created_run_dir = resolve_run_dir(config.run.root, config.run.name, config.run.dir,
                                                              config.resume, config.seed_everything)
+        if is_global_zero_process():  # the other processes of a DDP run join its folder
+            try:
+                self.run_lock = RunLock(self.run_dir).acquire()
+            except BaseException:
+                self.created_run_dir = False  # the folder is the other run's
+                raise
         share_with_workers(self.run_dir)
-        config.trainer.default_root_dir = str(self.run_dir)
+        config.trainer.default_root_dir = str(self.run_dir)  # in config.yaml as before
         config.checkpoint.dirpath = config.checkpoint.dirpath or str(self.run_dir / "checkpoints")
 
     def instantiate_trainer(self, **kwargs):
         config, model = self.config, self.model
+        check_optimizer(model)
+        self.open_run_dir()
+        kwargs["default_root_dir"] = str(self.run_dir)
         loggers = [make_csv_logger(self.run_dir)]
         if config.run.wandb:
             net = config.model.init_args.net.class_path.rpartition(".")[2]
@@ -192,6 +217,27 @@ class DermCLI(LightningCLI):
                                f"{config.trainer.strategy!r} -> {variant!r}")  # fmt: skip
                 trainer = build(strategy=variant)
         return trainer
+
+
+#: How jsonargparse words an error raised by a class it instantiates for an ``Optional[...]`` argument
+#: (the model): the class's own error is its cause, after pages of the configuration.
+UNION_WRAPPER = "Does not validate against any of the Union subtypes"
+
+
+def unwrapped(err: BaseException) -> BaseException:
+    """The error a class raised while the parser instantiated it, without the parser's wrapping."""
+    while isinstance(err, ValueError) and str(err).startswith(UNION_WRAPPER) and err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def check_optimizer(model: DermModule) -> None:
+    """Build the optimizer once on the model's parameters, so that arguments it refuses (a negative
+    learning rate) are reported before the run folder exists rather than as training starts."""
+    try:
+        model.optimizer_factory(model.parameter_groups())
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"--model.init_args.optimizer: {err}") from None
 
 
 def explain_parse_error(err: ArgumentError, parser) -> ConfigError:

@@ -108,4 +108,6 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    from datamodules.entry_point import run
+
+    run(main)

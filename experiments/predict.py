@@ -44,6 +44,7 @@ from lightning_modules.modules.ensemble import (  # noqa: E402
     check_ensemble,
     member_probabilities,
 )
+from lightning_modules.errors import NonFiniteError  # noqa: E402
 from lightning_modules.modules.loading import checkpoint_paths, load_module, read_checkpoint  # noqa: E402
 
 
@@ -70,8 +71,11 @@ def predict(ckpt: str | Sequence[str], dataset: Optional[str] = None, data_dir: 
     else:
         first = build_datamodule(checkpoints[0], dataset, data_dir, split, batch_size, num_workers)
         records, source = first.records(split), first.hparams.dataset
-    members = [member_probabilities(trainer, checkpoint, module, records, source, tta, batch_size, num_workers)
-               for checkpoint, module in zip(checkpoints, modules)]  # fmt: skip
+    members = []
+    for path, checkpoint, module in zip(paths, checkpoints, modules):
+        member = member_probabilities(trainer, checkpoint, module, records, source, tta, batch_size, num_workers)
+        check_finite_probabilities(path, member, records)
+        members.append(member)
     index, probs = members[0] if len(members) == 1 else average_probabilities(members)
     if out is None:
         folder = paths[0].resolve().parent.parent if len(paths) == 1 else Path(os.path.commonpath([p.resolve() for p in paths]))
@@ -81,8 +85,23 @@ def predict(ckpt: str | Sequence[str], dataset: Optional[str] = None, data_dir: 
     labels = np.array([records[i].label for i in index])
     path = write_predictions(out, [records[i].image_id for i in index], probs, modules[0].class_names,
                              None if (labels == UNLABELED).all() else labels)
-    print(f"wrote {len(index)} predictions to {path}")
+    used = (f"an ensemble of {len(paths)} checkpoints (probabilities averaged)" if len(paths) > 1
+            else f"checkpoint {paths[0]}")  # fmt: skip
+    views = f"{tta} test-time views of each image averaged" if tta > 1 else "no test-time augmentation"
+    print(f"predicted {len(index)} images of {source} ({'--images ' + str(images) if images else split}) with "
+          f"{used}, {views}; wrote {path}")
     return path
+
+
+def check_finite_probabilities(path: Path, member: tuple[np.ndarray, np.ndarray], records) -> None:
+    """Refuse a checkpoint whose probabilities are NaN or infinite: averaged into an ensemble they
+    would make every image's NaN, and the prediction the first class, without a word."""
+    index, probs = member
+    bad = ~np.isfinite(probs).all(axis=1)
+    if bad.any():
+        example = records[int(index[np.flatnonzero(bad)[0]])].image_id
+        raise NonFiniteError(f"checkpoint {path} gives NaN or infinite probabilities for {int(bad.sum())} of "
+                             f"{len(index)} images (e.g. {example}); its run diverged, so it is not used")
 
 
 def main(argv=None) -> None:
@@ -108,4 +127,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from datamodules.entry_point import run
+
+    run(main)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from lightning_modules.modules.base import DermModule
+from lightning_modules.training.finite_guard import check_weights
 
 
 class CheckpointError(ValueError):
@@ -62,7 +63,8 @@ def module_class(class_path: str, path: str | Path) -> type[DermModule]:
 
 
 def load_module(path: str | Path, map_location: Any = "cpu") -> DermModule:
-    """The module a training run saved at ``path``, in eval mode."""
+    """The module a training run saved at ``path``, in eval mode; refused (NonFiniteError) when a
+    weight is NaN or infinite."""
     hparams = read_checkpoint(path).get("hyper_parameters", {})
     if "_class_path" in hparams and "net" not in hparams:
         raise ValueError(f"{path} was written before networks were configured under model.init_args.net "
@@ -78,4 +80,5 @@ def load_module(path: str | Path, map_location: Any = "cpu") -> DermModule:
     if options.get("pretrained") or options.get("weights_path"):
         options.update(pretrained=False, weights_path=None)  # the weights come from the checkpoint
     module = cls.load_from_checkpoint(path, map_location=map_location, weights_only=True, net=net)
+    check_weights(module.state_dict(), f"checkpoint {path}")  # a diverged run's weights predict nothing
     return module.eval()
