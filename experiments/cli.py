@@ -34,7 +34,7 @@ import sys
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
@@ -50,6 +50,7 @@ from experiments.run_folder import discard_if_unused, resolve_run_dir, share_wit
 from experiments.strategy import find_unused_variant
 from lightning_modules.callbacks.checkpointing import RunCheckpoint
 from lightning_modules.callbacks.run_context import RunContext
+from lightning_modules.evaluation.options import EvaluationOptions
 from lightning_modules.modules.base import DermModule
 from lightning_modules.nets.backbones import normalisation_mismatch
 from lightning_modules.utils.atomic_io import AtomicCheckpointIO
@@ -133,6 +134,11 @@ class DermCLI(LightningCLI):
         parser.add_argument("--run.drop_callbacks", type=list[str], default=[],
                             help="class names of trainer.callbacks to leave out, e.g. [WandbPanels]")
         parser.add_argument("--resume", type=Optional[str], default=None, help="last.ckpt to continue from")
+        # The test report (docs/evaluation.md): --eval.subgroups='[fitspatrick, age]' --eval.positive='[MEL, BCC, SCC]'
+        parser.add_class_arguments(EvaluationOptions, "eval", skip={"calibrate"}, instantiate=False)
+        parser.add_argument("--calibrate", type=Literal["none", "temperature"], default="none",
+                            help="temperature: after testing, store the temperature fitted on the validation "
+                                 "split in the tested checkpoint; prediction applies it")
         for name in ("num_classes", "meta_dim", "class_names", "class_weights"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         # Plain groups, built by instantiate_trainer once the model can say what `monitor: auto` is.
@@ -156,6 +162,15 @@ class DermCLI(LightningCLI):
         config.trainer.default_root_dir = str(self.run_dir)
         config.checkpoint.dirpath = config.checkpoint.dirpath or str(self.run_dir / "checkpoints")
 
+    def evaluation_options(self) -> EvaluationOptions:
+        config = self.config
+        if config.calibrate != "none" and not config.run.test:
+            raise ConfigError(f"--calibrate={config.calibrate} fits on the tested model: it needs --run.test=true")
+        try:
+            return EvaluationOptions(**config.eval.as_dict(), calibrate=config.calibrate)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
     def instantiate_trainer(self, **kwargs):
         config, model = self.config, self.model
         loggers = [make_csv_logger(self.run_dir)]
@@ -174,7 +189,7 @@ class DermCLI(LightningCLI):
         listed = without(self.config_init.trainer.get("callbacks") or [], config.run.drop_callbacks)
         callbacks = in_order(listed, watching)
         hand_over(callbacks, RunContext(name=config.run.name, dir=str(self.run_dir),
-                                        resume_command=self.resume_command()))
+                                        resume_command=self.resume_command(), evaluation=self.evaluation_options()))
         plugins = self.config_init.trainer.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
