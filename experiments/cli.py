@@ -5,9 +5,11 @@ Each run writes to its own folder ``runs/<run.name>/<timestamp>-s<seed>/``::
     config.yaml        the resolved configuration (re-run it with --config)
     metrics.csv        every logged scalar (CSV logger, always on)
     checkpoints/       best-epochXXX.ckpt (by the model's `monitor`) and last.ckpt
-    metrics.json       test scores of the best checkpoint
-    predictions.csv    class probabilities for every test image
-    test_*.png         confusion matrix and ROC curves of the test split
+    metrics.json       test scores of the best checkpoint and its evaluation report (docs/evaluation.md)
+    predictions.csv    class probabilities, group and subgroup metadata of every test image
+    val_predictions.csv  the same for the validation split, scored by the tested model
+    subgroups.csv/.md  the report per subgroup (skin type, sex, age band, site)
+    test_*.png         confusion matrix, ROC curves and reliability diagram of the test split
     wandb/             the W&B run (offline unless WANDB_MODE=online; `wandb sync` later)
 
 Resuming (``--resume path/to/last.ckpt``) continues in the checkpoint's run folder with that
@@ -24,7 +26,9 @@ Callbacks are ``trainer.callbacks`` (``experiments/base.yaml`` lists the default
 ``early_stopping`` (EarlyStopping, ``null`` turns it off), which watch the model's ``monitor``
 unless told otherwise (``experiments/run_callbacks.py``). Callbacks find the run folder in
 ``trainer.default_root_dir``; the CLI hands them the run's name and resume command
-(:class:`~lightning_modules.callbacks.run_context.RunContext`).
+(:class:`~lightning_modules.callbacks.run_context.RunContext`), with the test report's options
+(``--eval.subgroups``, ``--eval.age_bands``, ``--eval.positive``, ``--eval.n_boot``, ``--eval.seed``)
+and ``--calibrate=temperature``.
 """
 
 from __future__ import annotations

@@ -30,12 +30,12 @@ import numpy as np
 import yaml
 
 from experiments.runs import mean_std, train_once
-from lightning_modules.evaluation import evaluate_predictions, read_predictions, write_subgroups
-from lightning_modules.evaluation.calibration import reliability_figure
+from lightning_modules.evaluation import evaluate_predictions, read_predictions
+from lightning_modules.evaluation.files import write_report_files
 from lightning_modules.evaluation.markdown import report_markdown, with_ci
 from lightning_modules.evaluation.options import EvaluationOptions
 from lightning_modules.metrics.classification import classification_scores
-from lightning_modules.utils.atomic_io import atomic_write, write_json, write_png
+from lightning_modules.utils.atomic_io import atomic_write, write_json
 
 METRICS = ("auroc", "bacc", "acc")
 
@@ -104,11 +104,7 @@ def pooled_report(dir_: Path, n_folds: int, oof_path: Path, folds: list[dict]) -
     report = evaluate_predictions(predictions, read_predictions(val_path) if val_path else None,
                                   positive=options.positive, subgroup_fields=fields, bands=options.bands(),
                                   n_boot=options.n_boot, seed=options.seed)  # fmt: skip
-    if report["subgroups"] is not None:
-        write_subgroups(report["subgroups"], dir_)
-        report["subgroups"] = {**{k: v for k, v in report["subgroups"].items() if k != "rows"}, "file": "subgroups.csv"}
-    write_png(dir_ / "oof_reliability.png",
-              reliability_figure(report["calibration"]["reliability"], "out-of-fold, top-label", report["ece"]))
+    report, _ = write_report_files(report, dir_, "oof_reliability.png", "out-of-fold, top-label")
     report["val_predictions"] = str(val_path) if val_path else None
     return report
 

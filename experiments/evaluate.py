@@ -32,18 +32,12 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from lightning_modules.evaluation import (
-    PredictionsError,
-    compare,
-    evaluate_predictions,
-    read_predictions,
-    write_subgroups,
-)
+from lightning_modules.evaluation import PredictionsError, compare, evaluate_predictions, read_predictions
 from lightning_modules.evaluation.bootstrap import DEFAULT_N_BOOT
-from lightning_modules.evaluation.calibration import reliability_figure
+from lightning_modules.evaluation.files import write_report_files
 from lightning_modules.evaluation.markdown import comparison_markdown, difference, headline_rows, report_markdown
 from lightning_modules.evaluation.options import EvaluationOptions
-from lightning_modules.utils.atomic_io import atomic_write, write_json, write_png
+from lightning_modules.utils.atomic_io import atomic_write, write_json
 
 
 def sibling_val(path: Path) -> Optional[Path]:
@@ -94,12 +88,7 @@ def evaluate_file(path: Path, val: Optional[Path], options: EvaluationOptions, o
     report = evaluate_predictions(predictions, read_predictions(val) if val else None, positive=options.positive,
                                   subgroup_fields=fields, bands=options.bands(), n_boot=options.n_boot,
                                   seed=options.seed)  # fmt: skip
-    if report["subgroups"] is not None:
-        write_subgroups(report["subgroups"], out)
-        report["subgroups"] = {**{k: v for k, v in report["subgroups"].items() if k != "rows"},
-                               "file": f"{name}subgroups.csv"}
-    write_png(out / "reliability.png", reliability_figure(report["calibration"]["reliability"], title, report["ece"]))
-    return report
+    return write_report_files(report, out, "reliability.png", title, prefix=name)[0]
 
 
 def slug(path: Path) -> str:

@@ -136,8 +136,8 @@ def test_compare_model_scores_averages_seeds_on_joint_resamples():
     the same patient resamples for every seed of every model (recomputed here by hand), and the p
     values of the models against the best are Holm-adjusted together."""
     ids, labels, groups, _ = fake_split(4, n=200, patients=80)
-    probs = {"strong": [fake_probs(labels, 2.0, s) for s in (1, 2)], "weak": [fake_probs(labels, 0.5, s) for s in (3, 4)],
-             "middle": [fake_probs(labels, 1.2, 5)]}
+    probs = {"strong": [fake_probs(labels, 2.0, s) for s in (1, 2)],
+             "weak": [fake_probs(labels, 0.5, s) for s in (3, 4)], "middle": [fake_probs(labels, 1.2, 5)]}
     result = compare_model_scores(labels, probs, NAMES, groups, n_boot=N_BOOT, seed=7)
     assert result["best"] == "strong" and result["models"]["strong"]["vs_best"] is None
     boot = GroupBootstrap(groups, len(labels), N_BOOT, 7)
@@ -229,7 +229,8 @@ def test_compare_summary_has_intervals_and_holm_p_values(tmp_path, monkeypatch):
     assert [rows[n]["vs_best"]["auroc"]["p_holm"] for n in ("image only", "concat")] == holm(raw)
     text = (out / "summary.md").read_text()
     assert text.startswith("| model |") and text.count("\n| ") == 3
-    assert "deletion/auc" in text and "| best |" in text and "Holm" in text and "p 0.020 |" in text  # 200 resamples: p >= 2 / 201, x 2 (Holm)
+    assert "deletion/auc" in text and "| best |" in text and "Holm" in text
+    assert "p 0.020 |" in text  # 200 resamples: p >= 2 / 201, times 2 (Holm)
     assert (out / "auroc.png").stat().st_size > 0
 
 

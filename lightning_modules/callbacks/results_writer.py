@@ -31,12 +31,12 @@ from torch.utils.data import DataLoader, Subset
 
 from lightning_modules.callbacks.run_context import UsesRunContext
 from lightning_modules.contracts import PredictsClasses, ScoresBatches, evaluation_data
-from lightning_modules.evaluation import evaluate, write_subgroups
-from lightning_modules.evaluation.calibration import reliability_figure
+from lightning_modules.evaluation import evaluate
+from lightning_modules.evaluation.files import write_report_files
 from lightning_modules.metrics.classification import classification_scores
 from lightning_modules.metrics.gather import gather_unique, shard_indices
 from lightning_modules.modules.loading import write_calibration
-from lightning_modules.utils.atomic_io import write_json, write_png
+from lightning_modules.utils.atomic_io import write_json
 from lightning_modules.utils.image_logging import log_images
 from lightning_modules.utils.predictions_csv import write_predictions
 
@@ -147,7 +147,8 @@ class ResultsWriter(UsesRunContext, L.Callback):
         test["n_images"] = int(len(index))
         report = evaluate(labels, probs, names, groups, metadata, val=val, positive=options.positive,
                           subgroup_fields=fields, bands=options.bands(), n_boot=options.n_boot, seed=options.seed)
-        report = self._write_report_files(trainer, folder, report)
+        report, picture = write_report_files(report, folder, "test_reliability.png", "test, top-label")
+        log_images(trainer, "test/reliability", [picture])
         val_images = int(len(self._val["index"])) if self._val is not None else 0
         calibration = (self._calibrate(trainer, pl_module, report, val_images) if options.calibrate == "temperature"
                        else None)
@@ -173,19 +174,6 @@ class ResultsWriter(UsesRunContext, L.Callback):
             },
         }
         write_json(folder / "metrics.json", metrics)
-
-    @staticmethod
-    def _write_report_files(trainer: L.Trainer, folder: Path, report: dict[str, Any]) -> dict[str, Any]:
-        """``subgroups.csv``/``.md`` (the report keeps the gaps and names the file) and the
-        reliability diagram (PNG and W&B)."""
-        subgroups = report.get("subgroups")
-        if subgroups is not None:
-            write_subgroups(subgroups, folder)
-            report["subgroups"] = {**{k: v for k, v in subgroups.items() if k != "rows"}, "file": "subgroups.csv"}
-        picture = reliability_figure(report["calibration"]["reliability"], "test, top-label", report["ece"])
-        write_png(folder / "test_reliability.png", picture)
-        log_images(trainer, "test/reliability", [picture])
-        return report
 
     @staticmethod
     def _calibrate(trainer: L.Trainer, pl_module: L.LightningModule, report: dict[str, Any],

@@ -43,8 +43,8 @@ def headline_rows(report: dict) -> list[tuple[str, str]]:
             ("ECE (top-label, 15 bins)", number(report["ece"]))]
     scaling = (report.get("calibration") or {}).get("temperature_scaling")
     if scaling:
-        rows.append(("ECE after temperature scaling", f"{number(scaling['ece_after'])} (T = {scaling['temperature']:.3g}, "
-                                                       f"fitted on validation)"))
+        after = f"{number(scaling['ece_after'])} (T = {scaling['temperature']:.3g}, fitted on validation)"
+        rows.append(("ECE after temperature scaling", after))
     if report.get("pauc_tpr80") is not None:
         rows.append(("pAUC above 80 % TPR (ISIC 2024)", number(report["pauc_tpr80"], 4)))
     return rows
@@ -87,7 +87,8 @@ def comparison_markdown(result: dict, name_a: str = "A", name_b: str = "B") -> s
     for key, label in (("auroc", "macro AUROC"), ("bacc", "balanced accuracy"), ("acc", "accuracy")):
         entry = result[key]
         lines.append(f"| {label} | {number(entry['a'])} | {number(entry['b'])} | {difference(entry)} |")
-    lines += ["", "| class (one-vs-rest) | AUROC A | AUROC B | DeLong A - B [95 % CI], p |", "| --- | --- | --- | --- |"]
+    lines += ["", f"| class (one-vs-rest) | AUROC {name_a} | AUROC {name_b} | DeLong {name_a} - {name_b} [95 % CI], p |",
+              "| --- | --- | --- | --- |"]
     tests = dict(result["delong_per_class"])
     if result.get("delong_binary"):
         tests = {f"{result['delong_binary']['positive']} (binary task)": result["delong_binary"]}
