@@ -7,6 +7,7 @@
 #   make predict CKPT="a.ckpt b.ckpt" TTA=8                              (ensemble, 8 dihedral views)
 #   make cv EXP=metablock [DATA=... DATA_DIR=...] [CV_DIR=runs/metablock-cv/<stamp>] [ARGS=...]   k-fold CV table
 #   make compare [DATA=... DATA_DIR=...] [SEEDS="1 2 3"] [COMPARE_DIR=runs/compare/<stamp>]   every architecture
+#   make evaluate PRED=runs/.../predictions.csv [PRED2=other.csv] [OUT=dir] [VAL=val_predictions.csv] [ARGS=...]
 #   make test        fast test suite (a few minutes on 2 CPU cores)
 #   make test-slow   the slow integration tests (DDP on CPU, longer runs)
 #   make bench       training and data-loading throughput of the default experiment
@@ -30,6 +31,9 @@ TTA ?= 1
 CV_DIR ?=
 SEEDS ?= 1 2 3
 COMPARE_DIR ?=
+PRED ?=
+PRED2 ?=
+VAL ?=
 SIZE ?= 512
 FORMAT ?= jpeg
 QUALITY ?= 95
@@ -41,7 +45,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 DATA_ARGS := $(if $(DATA),--data.dataset=$(DATA) --config experiments/data/$(DATA).yaml) $(if $(DATA_DIR),--data.data_dir=$(DATA_DIR))
 
-.PHONY: help install train preprocess cv compare predict test test-slow bench clean
+.PHONY: help install train preprocess cv compare predict evaluate test test-slow bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -70,6 +74,10 @@ compare: $(STAMP) ## every architecture on the same data, split and SEEDS: one t
 predict: $(STAMP) ## per-image class probabilities from CKPT (several: an ensemble; TTA=8) on DATA/DATA_DIR (SPLIT=all|train|val|test|unlabeled) or IMAGES=folder
 	@test -n "$(CKPT)" || { echo "usage: make predict CKPT=path/to.ckpt [DATA=... DATA_DIR=...] [SPLIT=all|unlabeled] [IMAGES=folder] [OUT=file.csv]"; exit 2; }
 	$(PY) -m experiments.predict --ckpt $(CKPT) $(if $(DATA),--dataset $(DATA)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --split $(SPLIT) $(if $(IMAGES),--images $(IMAGES)) $(if $(OUT),--out $(OUT)) --tta $(TTA)
+
+evaluate: $(STAMP) ## the report of a predictions file PRED (CIs, calibration, operating points, subgroups); PRED2: paired comparison
+	@test -n "$(PRED)" || { echo "usage: make evaluate PRED=runs/.../predictions.csv [PRED2=other.csv] [OUT=dir] [VAL=val_predictions.csv] [ARGS=\"--positive MEL BCC SCC\"]"; exit 2; }
+	$(PY) -m experiments.evaluate $(PRED) $(PRED2) $(if $(VAL),--val $(VAL)) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 test: $(STAMP) ## fast test suite
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

@@ -5,9 +5,11 @@ Each run writes to its own folder ``runs/<run.name>/<timestamp>-s<seed>/``::
     config.yaml        the resolved configuration (re-run it with --config)
     metrics.csv        every logged scalar (CSV logger, always on)
     checkpoints/       best-epochXXX.ckpt (by the model's `monitor`) and last.ckpt
-    metrics.json       test scores of the best checkpoint
-    predictions.csv    class probabilities for every test image
-    test_*.png         confusion matrix and ROC curves of the test split
+    metrics.json       test scores of the best checkpoint and its evaluation report (docs/evaluation.md)
+    predictions.csv    class probabilities, group and subgroup metadata of every test image
+    val_predictions.csv  the same for the validation split, scored by the tested model
+    subgroups.csv/.md  the report per subgroup (skin type, sex, age band, site)
+    test_*.png         confusion matrix, ROC curves and reliability diagram of the test split
     wandb/             the W&B run (offline unless WANDB_MODE=online; `wandb sync` later)
 
 Resuming (``--resume path/to/last.ckpt``) continues in the checkpoint's run folder with that
@@ -24,7 +26,9 @@ Callbacks are ``trainer.callbacks`` (``experiments/base.yaml`` lists the default
 ``early_stopping`` (EarlyStopping, ``null`` turns it off), which watch the model's ``monitor``
 unless told otherwise (``experiments/run_callbacks.py``). Callbacks find the run folder in
 ``trainer.default_root_dir``; the CLI hands them the run's name and resume command
-(:class:`~lightning_modules.callbacks.run_context.RunContext`).
+(:class:`~lightning_modules.callbacks.run_context.RunContext`), with the test report's options
+(``--eval.subgroups``, ``--eval.age_bands``, ``--eval.positive``, ``--eval.n_boot``, ``--eval.seed``)
+and ``--calibrate=temperature``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import sys
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
@@ -52,6 +56,7 @@ from experiments.strategy import find_unused_variant
 from experiments.trainer_options import DermArgumentParser
 from lightning_modules.callbacks.checkpointing import RunCheckpoint
 from lightning_modules.callbacks.run_context import RunContext
+from lightning_modules.evaluation.options import EvaluationOptions
 from lightning_modules.modules.base import DermModule
 from lightning_modules.nets.backbones import normalisation_mismatch
 from lightning_modules.utils.atomic_io import AtomicCheckpointIO
@@ -144,6 +149,11 @@ class DermCLI(LightningCLI):
         parser.add_argument("--run.drop_callbacks", type=list[str], default=[],
                             help="class names of trainer.callbacks to leave out, e.g. [WandbPanels]")
         parser.add_argument("--resume", type=Optional[str], default=None, help="last.ckpt to continue from")
+        # The test report (docs/evaluation.md): --eval.subgroups='[fitspatrick, age]' --eval.positive='[MEL, BCC, SCC]'
+        parser.add_class_arguments(EvaluationOptions, "eval", skip={"calibrate"}, instantiate=False)
+        parser.add_argument("--calibrate", type=Literal["none", "temperature"], default="none",
+                            help="temperature: after testing, store the temperature fitted on the validation "
+                                 "split in the tested checkpoint; prediction applies it")
         for name in ("num_classes", "meta_dim", "class_names", "class_weights"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         # Plain groups, built by instantiate_trainer once the model can say what `monitor: auto` is.
@@ -178,6 +188,15 @@ class DermCLI(LightningCLI):
         config.trainer.default_root_dir = str(self.run_dir)  # in config.yaml as before
         config.checkpoint.dirpath = config.checkpoint.dirpath or str(self.run_dir / "checkpoints")
 
+    def evaluation_options(self) -> EvaluationOptions:
+        config = self.config
+        if config.calibrate != "none" and not config.run.test:
+            raise ConfigError(f"--calibrate={config.calibrate} fits on the tested model: it needs --run.test=true")
+        try:
+            return EvaluationOptions(**config.eval.as_dict(), calibrate=config.calibrate)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
     def instantiate_trainer(self, **kwargs):
         config, model = self.config, self.model
         check_optimizer(model)
@@ -199,7 +218,7 @@ class DermCLI(LightningCLI):
         listed = without(self.config_init.trainer.get("callbacks") or [], config.run.drop_callbacks)
         callbacks = in_order(listed, watching)
         hand_over(callbacks, RunContext(name=config.run.name, dir=str(self.run_dir),
-                                        resume_command=self.resume_command()))
+                                        resume_command=self.resume_command(), evaluation=self.evaluation_options()))
         plugins = self.config_init.trainer.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):

@@ -31,6 +31,9 @@ from lightning_modules.modules.scores import ClassificationScores, LesionMassSco
 from lightning_modules.training.finite_guard import FiniteGuard, check_weights
 from lightning_modules.training.schedules import WarmupCosine
 
+#: Where a checkpoint calibrated after training keeps its calibration (``{"temperature": T, ...}``).
+CALIBRATION_KEY = "calibration"
+
 
 class DermModule(L.LightningModule):
     #: Whether some trainable parameters go without gradients in some steps (frozen for a stage):
@@ -83,7 +86,13 @@ class DermModule(L.LightningModule):
         self.attention_names = tuple(self.net.attention_names) if isinstance(self.net, AttentionNet) else ()
         self.lesion_mass = LesionMassScores(self.attention_names)
         self._reports: dict[str, EvaluationReport] = {}
+<<<<<<< HEAD
         self.finite_guard = FiniteGuard()
+=======
+        #: Divides the logits in ``class_probabilities`` (prediction), never in training or the test
+        #: step; 1 unless the checkpoint holds one fitted on the validation split (``--calibrate``).
+        self.temperature = 1.0
+>>>>>>> w2-evalwire
 
     # -- what the run watches --------------------------------------------------------------------
     @property
@@ -102,6 +111,12 @@ class DermModule(L.LightningModule):
         """``min`` for losses, ``max`` for the scores every module logs (AUROC, Recall@K, ...); a module
         that logs a score which improves downwards overrides this."""
         return "min" if "loss" in metric else "max"
+
+    # -- calibration ---------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint calibrated after training (``--calibrate=temperature``) carries its
+        temperature under :data:`CALIBRATION_KEY`; one without predicts with temperature 1."""
+        self.temperature = float((checkpoint.get(CALIBRATION_KEY) or {}).get("temperature", 1.0))
 
     # -- GPU options (compile, channels_last) --------------------------------------------------
     def configure_model(self) -> None:

@@ -92,7 +92,12 @@ class LesionClassifier(DermModule):
         return self.net(image, meta)
 
     def class_probabilities(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-        return self(image, meta).float().softmax(dim=1)
+        """``softmax(logits / temperature)``: calibrated when the checkpoint holds a temperature."""
+        return (self(image, meta).float() / self.temperature).softmax(dim=1)
+
+    def test_probabilities(self, batch: dict) -> torch.Tensor:
+        """What the test step scores: ``softmax(logits)``, without the temperature."""
+        return self(batch["image"], batch["meta"]).float().softmax(dim=1)
 
     # -- steps ---------------------------------------------------------------------------------
     def step(self, batch: dict, stage: str) -> StepResult:

@@ -17,8 +17,13 @@ from typing import Any, Sequence
 
 import torch
 
+<<<<<<< HEAD
 from lightning_modules.modules.base import DermModule
 from lightning_modules.training.finite_guard import check_weights
+=======
+from lightning_modules.modules.base import CALIBRATION_KEY, DermModule
+from lightning_modules.utils.atomic_io import atomic_write
+>>>>>>> w2-evalwire
 
 
 class CheckpointError(ValueError):
@@ -36,6 +41,18 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); it may "
                               "have been truncated by an interrupted write or copy") from err
+
+
+def write_calibration(path: str | Path, calibration: dict[str, Any]) -> Path:
+    """Store ``calibration`` (plain values: ``temperature`` and how it was fitted) in the checkpoint
+    at ``path``, rewritten whole (atomically); modules loaded from it then predict calibrated
+    (:meth:`~lightning_modules.modules.base.DermModule.on_load_checkpoint`)."""
+    temperature = calibration.get("temperature")
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"{path}: a calibration needs a positive temperature, got {temperature!r}")
+    checkpoint = read_checkpoint(path)
+    checkpoint[CALIBRATION_KEY] = dict(calibration)
+    return atomic_write(path, lambda f: torch.save(checkpoint, f), mode="wb")
 
 
 def checkpoint_paths(ckpt: str | Path | Sequence[str | Path]) -> list[Path]:

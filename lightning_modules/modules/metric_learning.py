@@ -152,13 +152,28 @@ class MetricLearningModule(DermModule):
     def on_test_epoch_start(self) -> None:
         self._bank = self._embed_bank()
 
+    def knn(self, learners: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of the images whose learner embeddings are ``learners``: k-NN votes
+        of the training images (the bank of this test)."""
+        if self._bank is None:  # scored outside the test loop's epoch
+            self._bank = self._embed_bank()
+        bank, bank_labels = self._bank
+        return knn_probabilities(learners.flatten(1), bank, bank_labels, self.hparams.num_classes, self.hparams.knn_k)
+
+    def test_probabilities(self, batch: dict) -> torch.Tensor:
+        return self.knn(self.learners(batch)[0])
+
     def test_step(self, batch: dict, batch_idx: int) -> dict:
         learners, maps = self.learners(batch)
         self.update_lesion_mass("test", maps, batch)
+<<<<<<< HEAD
         bank, bank_labels = self._bank
         probs = knn_probabilities(learners.flatten(1), bank, bank_labels, self.hparams.num_classes,
                                   self.hparams.knn_k)  # fmt: skip
         self.watch_outputs("test", batch_idx, {"embeddings": learners, "probabilities": probs})
+=======
+        probs = self.knn(learners)
+>>>>>>> w2-evalwire
         self.scores.update("test", probs, batch["label"])
         self.log_dict(self.scores.scalars_of("test"), on_step=False, on_epoch=True, batch_size=batch["label"].shape[0])
         self._collect(learners, batch)

@@ -252,4 +252,5 @@ class ProtoPNetModule(LesionClassifier):
         checkpoint["protopnet_last_push_epoch"] = self.push_epochs[-1] if self.push_epochs else -1
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.push_epochs = [int(e) for e in checkpoint.get("protopnet_push_epochs", [])]
