@@ -13,8 +13,10 @@ of the "this does not look like that" attack (``lightning_modules/explain``; def
 docs/explanations.md).
 
 Writes ``explanations.json``, ``explanations.md`` and ``explanations/*.png`` into the run folder
-(``--out`` elsewhere), logs them to the run's W&B run when it has one (offline unless
-``WANDB_MODE=online``), and prints the table.
+(``--out`` elsewhere), each file whole or not at all, logs them to the run's W&B run when it has
+one (offline unless ``WANDB_MODE=online``), and prints the table. ``explanations.json``'s
+``headline`` holds the few scores ``make compare`` shows beside accuracy. The run folder is locked
+meanwhile (a run still training there, or a second ``make explain``, is refused).
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 
+from datamodules.arguments import check_int  # noqa: E402
 from datamodules.checkpoint_data import build_datamodule  # noqa: E402
-from experiments.runs import mean_std  # noqa: E402
+from experiments.run_lock import RunLock  # noqa: E402
 from lightning_modules.explain.maps import METHODS  # noqa: E402
 from lightning_modules.explain.report import (  # noqa: E402
     curves_figure,
     examples_figure,
     final_randomisation,
+    headline,
     markdown_table,
     ordered_maps,
     randomisation_figure,
@@ -54,6 +58,8 @@ SPLIT_STAGE = {"test": "test", "val": "validate"}
 
 def run_checkpoint(run: str | Path) -> Path:
     """The checkpoint a run was tested with: its ``best-*.ckpt``, else ``last.ckpt``."""
+    if not Path(run).is_dir():
+        raise FileNotFoundError(f"--run {run}: no such folder (a training run's folder, e.g. runs/attn_vgg/<run>)")
     folder = Path(run) / "checkpoints"
     best = sorted(folder.glob("best-*.ckpt"))
     if best:
@@ -91,13 +97,17 @@ def commit() -> Optional[str]:
 
 
 def explain_run(ckpt: Path, split: str = "test", limit: Optional[int] = None, settings: Optional[Settings] = None,
-                batch_size: Optional[int] = None, progress: bool = True) -> Explanations:
-    """:func:`explain_model` of the checkpoint on its own data's ``split`` (the first ``limit`` images)."""
+                batch_size: Optional[int] = None, progress: bool = True, dataset: Optional[str] = None,
+                data_dir: Optional[str] = None) -> Explanations:
+    """:func:`explain_model` of the checkpoint on ``split`` of the data it was trained on (or of
+    ``dataset`` / ``data_dir``), the first ``limit`` images, with the data's evaluation transform
+    and its lesion masks where every image has one."""
     if split not in SPLIT_STAGE:
         raise ValueError(f"--split must be one of {sorted(SPLIT_STAGE)}, got {split!r}")
     checkpoint = read_checkpoint(ckpt)
     module = load_module(ckpt)
-    datamodule = build_datamodule(checkpoint, None, None, split, batch_size=batch_size, num_workers=0)
+    datamodule = build_datamodule(checkpoint, dataset, data_dir, split, batch_size=batch_size, num_workers=0,
+                                  load_masks=True)  # fmt: skip
     datamodule.prepare_data()
     datamodule.setup(SPLIT_STAGE[split])
     loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
@@ -154,43 +164,14 @@ def log_to_wandb(run_dir: Path, scores: dict, figures: dict[str, Path]) -> bool:
     return True
 
 
-def explanation_columns(run_dirs: Sequence[str | Path]) -> dict[str, dict]:
-    """Columns for a table of models (``experiments/compare.py``): a few headline scores read from
-    each run's ``explanations.json``, as ``{title: mean_std over the runs}``. "attention" is the
-    network's first own map (AttnVGG's attn1, soft attention's, ProtoPNet's top-prototype map,
-    ABE-M's first learner); runs without ``explanations.json`` (``make explain`` not run) count as
-    missing."""
-    headline = {"pointing game: attention": ("attention", "pointing_game"),
-                "pointing game: Grad-CAM": ("gradcam", "pointing_game"),
-                "pointing game: centre prior": ("centre", "pointing_game"),
-                "deletion AUC: attention": ("attention", "deletion_auc"),
-                "deletion AUC: random": ("random", "deletion_auc"),
-                "Spearman, randomised: attention": ("attention", "spearman")}  # fmt: skip
-    found = [json.loads((Path(d) / RESULTS).read_text()) if (Path(d) / RESULTS).is_file() else None for d in run_dirs]
-    columns: dict[str, dict] = {}
-    for title, (name, key) in headline.items():
-        values = []
-        for scores in found:
-            if scores is None:
-                values.append(None)
-                continue
-            if name == "attention":
-                name_here = next((n for n in scores["maps"] if scores["maps"][n]["kind"] == "attention"), None)
-            else:
-                name_here = name
-            row = {**scores["maps"].get(name_here, {}), **final_randomisation(scores, name_here)} if name_here else {}
-            values.append(row.get(key))
-        if any(v is not None for v in values):
-            columns[title] = mean_std(values)
-    return columns
-
-
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="a training run's folder (its best-*.ckpt is explained)")
     source.add_argument("--ckpt", help="a checkpoint file")
     parser.add_argument("--split", default="test", choices=sorted(SPLIT_STAGE))
+    parser.add_argument("--dataset", default=None, help="default: the dataset the model was trained on")
+    parser.add_argument("--data-dir", default=None, help="default: the training data folder")
     parser.add_argument("--limit", type=int, default=None, help="score the first N images only")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD",
                         help=f"maps to score, of {', '.join(METHODS)} (default: all the model offers)")
@@ -201,7 +182,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         help="images ROAD is scored on (the first N; 0: all)")
     parser.add_argument("--sanity-images", type=int, default=Settings.sanity_images,
                         help="images the randomisation check uses (the first N; 0: all)")
-    parser.add_argument("--attack-images", type=int, default=0, help="images ProtoPNet is attacked on (0: all)")
+    parser.add_argument("--attack-images", type=int, default=Settings.attack_images,
+                        help="images ProtoPNet is attacked on (the first N; 0: all)")
     parser.add_argument("--ig-steps", type=int, default=Settings.ig_steps, help="Integrated Gradients steps")
     parser.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the run's)")
     parser.add_argument("--seed", type=int, default=Settings.seed)
@@ -210,26 +192,36 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     for option in ("limit", "steps", "ig_steps", "batch_size"):
-        value = getattr(args, option)
-        if value is not None and value < 1:
-            parser.error(f"--{option.replace('_', '-')} must be at least 1, got {value}")
-    for option in ("road_images", "sanity_images", "attack_images"):
-        if getattr(args, option) < 0:
-            parser.error(f"--{option.replace('_', '-')} must be 0 (all) or more, got {getattr(args, option)}")
+        if getattr(args, option) is not None:  # None: the default (every image, the run's batch size)
+            check_int(f"--{option.replace('_', '-')}", getattr(args, option), minimum=1)
+    for option in ("road_images", "sanity_images", "attack_images"):  # 0: every image
+        check_int(f"--{option.replace('_', '-')}", getattr(args, option), minimum=0)
     ckpt = run_checkpoint(args.run) if args.run else Path(args.ckpt)
     if not ckpt.is_file():
-        parser.error(f"--ckpt {ckpt} does not exist")
+        raise FileNotFoundError(f"--ckpt {ckpt}: no such file")
     run_dir = Path(args.run) if args.run else ckpt.resolve().parent.parent
     out = Path(args.out) if args.out else run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out).acquire()
+    try:
+        return explain_and_write(args, ckpt, run_dir, out, argv)
+    finally:
+        lock.release()
+
+
+def explain_and_write(args: argparse.Namespace, ckpt: Path, run_dir: Path, out: Path,
+                      argv: Optional[Sequence[str]]) -> dict:
     settings = Settings(methods=args.methods, checks=args.checks, steps=args.steps,
                         road_images=args.road_images or None, sanity_images=args.sanity_images or None,
                         attack_images=args.attack_images or None, ig_steps=args.ig_steps, seed=args.seed)  # fmt: skip
     start, cpu = time.perf_counter(), time.process_time()
-    results = explain_run(ckpt, args.split, args.limit, settings, args.batch_size, progress=not args.quiet)
+    results = explain_run(ckpt, args.split, args.limit, settings, args.batch_size, not args.quiet, args.dataset,
+                          args.data_dir)  # fmt: skip
     command = " ".join(["python -m experiments.explain", *(argv if argv is not None else sys.argv[1:])])
     results.scores.update(checkpoint=str(ckpt), split=args.split, commit=commit(), command=command,
                           wall_seconds=round(time.perf_counter() - start, 1),
                           cpu_seconds=round(time.process_time() - cpu, 1), threads=torch.get_num_threads())  # fmt: skip
+    results.scores["headline"] = headline(results.scores)
     hp = results.scores["settings"]
     figures = write_results(out, results, hp["normalize_mean"], hp["normalize_std"], command)
     if not args.no_wandb and log_to_wandb(run_dir, results.scores, figures):
@@ -241,4 +233,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from datamodules.entry_point import run
+
+    run(main)

@@ -1,4 +1,5 @@
-"""`make explain` on a tiny trained ProtoPNet run: the files, the table, W&B, compare's columns."""
+"""`make explain` on a tiny trained ProtoPNet run: the files, the table, W&B, compare's columns,
+the one-line errors."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from experiments.explain import explanation_columns, main as explain
+from datamodules.entry_point import run as entry_point
+from experiments import compare
+from experiments.explain import main as explain
+from experiments.runs import mean_std
 from experiments.train import main as train
+from lightning_modules.explain.report import HEADLINE
 from tests.conftest import SMALL_SYNTHETIC
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,20 +79,44 @@ def test_explain_logs_to_the_runs_wandb_run(tiny_run, explained):
     assert {row[0] for row in logged["data"]} == set(explained["maps"])
 
 
-def test_explanation_columns_for_compare(tiny_run, explained, tmp_path):
-    columns = explanation_columns([tiny_run, tmp_path])  # the second run was never explained
-    attention = columns["pointing game: attention"]
-    assert attention["runs"] == [explained["maps"]["top_prototype"]["pointing_game"], None]
-    assert attention["mean"] == attention["runs"][0] and attention["std"] == 0.0
-    assert columns["deletion AUC: random"]["runs"][0] == explained["maps"]["random"]["deletion_auc"]
+def test_compare_shows_the_headline_scores(tiny_run, explained, tmp_path):
+    maps = explained["maps"]
+    assert explained["headline"] == {
+        "pointing game: attention": maps["top_prototype"]["pointing_game"],  # ProtoPNet's first own map
+        "pointing game: Grad-CAM": maps["gradcam"]["pointing_game"],
+        "pointing game: centre prior": maps["centre"]["pointing_game"],
+        "deletion AUC: attention": maps["top_prototype"]["deletion_auc"],
+        "deletion AUC: random": maps["random"]["deletion_auc"],
+        "ROAD: attention": maps["top_prototype"]["road"],
+        "Spearman, randomised: attention": explained["randomisation"]["maps"]["top_prototype"]["spearman"][-1],
+        "attack success rate": explained["attack"]["success_rate"],
+    }
+    assert [t for t, _, _ in HEADLINE] == list(explained["headline"])[:-1]
+    columns = compare.explanation_columns([tiny_run, tiny_run])  # two seeds: the same run twice
+    assert list(columns) == list(explained["headline"])
+    assert columns["deletion AUC: random"] == mean_std([maps["random"]["deletion_auc"]] * 2)
+    assert compare.explanation_columns([tiny_run, tmp_path]) == {}  # a seed without explanations.json
+    row = {"auroc": mean_std([0.9]), "bacc": mean_std([0.8]), "parameters": 1e6, "train_minutes": mean_std([1.0]),
+           "inference_ms_per_image": 1.0, "explanations": columns}  # fmt: skip
+    head, _, cells = compare.table({"ProtoPNet": row}).splitlines()
+    titles, values = head.strip("| ").split(" | "), cells.strip("| ").split(" | ")
+    position = titles.index("deletion AUC: random")
+    assert values[position] == f"{maps['random']['deletion_auc']:.3f} ± 0.000"
 
 
-def test_explain_refuses_bad_options(tiny_run, capsys):
-    with pytest.raises(SystemExit):
-        explain(["--run", str(tiny_run), "--limit", "0"])
-    assert "--limit must be at least 1" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="no checkpoints"):
-        explain(["--run", str(tiny_run / "explanations")])
+def test_explain_refuses_bad_options_in_one_line(tiny_run, tmp_path, capsys):
+    for argv, message in [
+        (["--run", str(tmp_path / "missing")], f"--run {tmp_path / 'missing'}: no such folder (a training run's folder, "
+                                                 "e.g. runs/attn_vgg/<run>)"),
+        (["--run", str(tmp_path)], f"--run {tmp_path}: no checkpoints/best-*.ckpt or checkpoints/last.ckpt in it"),
+        (["--ckpt", str(tmp_path / "x.ckpt")], f"--ckpt {tmp_path / 'x.ckpt'}: no such file"),
+        (["--run", str(tiny_run), "--limit", "0"], "--limit=0: must be an integer >= 1"),
+        (["--run", str(tiny_run), "--road-images", "-1"], "--road-images=-1: must be an integer >= 0"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            entry_point(explain, argv)
+        assert stop.value.code == 1
+        assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"], argv
 
 
 def test_make_explain_passes_its_options():

@@ -30,8 +30,9 @@ from lightning_modules.utils.images import upsample
 
 #: The substrate's Gaussian blur: standard deviation as a fraction of the image side.
 BLUR_SIGMA = 0.1
-#: Steps of a curve (T): 1/T of the pixels are removed or revealed per step.
-STEPS = 16
+#: Steps of a curve (T): 1/T of the pixels are removed or revealed per step. Each step is a forward
+#: pass per image and map; 10 steps of 10 % keep a default run's 382 test images within minutes.
+STEPS = 10
 
 
 def blurred(image: torch.Tensor, sigma_fraction: float = BLUR_SIGMA) -> torch.Tensor:

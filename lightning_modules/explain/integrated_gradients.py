@@ -20,6 +20,9 @@ from captum.attr import IntegratedGradients
 
 from lightning_modules.explain.target import ClassScores
 
+#: Gauss-Legendre nodes of the path integral: each is a forward and backward pass per image.
+STEPS = 16
+
 
 def pool_to_grid(pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """``(B, H, W)`` pixel values summed over the cells of an ``(h, w)`` grid (``adaptive_avg_pool2d``
@@ -30,7 +33,7 @@ def pool_to_grid(pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 
 def integrated_gradients(model: ClassScores, image: torch.Tensor, meta: Optional[torch.Tensor],
-                         classes: torch.Tensor, grid: tuple[int, int], steps: int = 32,
+                         classes: torch.Tensor, grid: tuple[int, int], steps: int = STEPS,
                          internal_batch_size: Optional[int] = 256) -> torch.Tensor:
     """``(B, h, w)`` positive IG evidence for ``classes`` per cell of ``grid``."""
     method = IntegratedGradients(model)

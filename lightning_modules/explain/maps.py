@@ -17,7 +17,7 @@ import torch
 
 from lightning_modules.explain.attention import attention_maps, attention_names
 from lightning_modules.explain.cams import CAMS, CLASS_CAMS, cam_maps
-from lightning_modules.explain.integrated_gradients import integrated_gradients
+from lightning_modules.explain.integrated_gradients import STEPS as IG_STEPS, integrated_gradients
 from lightning_modules.explain.target import ClassScores, grid_target
 
 METHODS = ("attention", "gradcam", "gradcam++", "scorecam", "eigencam", "integrated_gradients")
@@ -33,7 +33,7 @@ def offered(net, classifies: bool, methods: Sequence[str] = METHODS) -> list[str
 
 
 def compute_maps(net, image: torch.Tensor, meta: Optional[torch.Tensor], classes: Optional[torch.Tensor],
-                 methods: Sequence[str], grid: tuple[int, int], ig_steps: int = 32) -> dict[str, torch.Tensor]:
+                 methods: Sequence[str], grid: tuple[int, int], ig_steps: int = IG_STEPS) -> dict[str, torch.Tensor]:
     """``{map name: (B, h, w)}`` for ``methods`` (already filtered by :func:`offered`), explaining
     ``classes`` (``None``: no class scores, EigenCAM and attention only)."""
     model = ClassScores(net).eval()

@@ -45,6 +45,37 @@ def final_randomisation(scores: dict[str, Any], name: str) -> dict[str, Optional
     return {key: values[-1] if values else None for key, values in check.items()}
 
 
+#: The few scores a table of models shows (``make compare``): (title, map, key). "attention" is the
+#: network's first own map (AttnVGG's attn1, soft attention's map, ProtoPNet's top-prototype map,
+#: ABE-M's first learner mask), so one column holds every model's.
+HEADLINE = (
+    ("pointing game: attention", "attention", "pointing_game"),
+    ("pointing game: Grad-CAM", "gradcam", "pointing_game"),
+    ("pointing game: centre prior", "centre", "pointing_game"),
+    ("deletion AUC: attention", "attention", "deletion_auc"),
+    ("deletion AUC: random", "random", "deletion_auc"),
+    ("ROAD: attention", "attention", "road"),
+    ("Spearman, randomised: attention", "attention", "spearman"),
+)
+
+
+def headline(scores: dict[str, Any]) -> dict[str, float]:
+    """``{title: value}`` of :data:`HEADLINE` (scores the run has), plus the ProtoPNet attack's
+    success rate; what ``explanations.json`` offers a comparison of models under ``headline``."""
+    first = next((n for n in scores["maps"] if scores["maps"][n]["kind"] == "attention"), None)
+    out = {}
+    for title, name, key in HEADLINE:
+        name = first if name == "attention" else name
+        if name is None or name not in scores["maps"]:
+            continue
+        value = {**scores["maps"][name], **final_randomisation(scores, name)}.get(key)
+        if value is not None:
+            out[title] = value
+    if scores.get("attack", {}).get("success_rate") is not None:
+        out["attack success rate"] = scores["attack"]["success_rate"]
+    return out
+
+
 def markdown_table(scores: dict[str, Any]) -> str:
     def cell(value) -> str:
         return "-" if value is None else f"{value:.3f}"

@@ -26,6 +26,7 @@ from lightning_modules.explain.attack_success import attack_image
 from lightning_modules.explain.attention import attention_names
 from lightning_modules.explain.baselines import CENTRE_SIGMA, centre_map, random_map, uniform_map
 from lightning_modules.explain.deletion import BLUR_SIGMA, STEPS, area, blurred, curves
+from lightning_modules.explain.integrated_gradients import STEPS as IG_STEPS
 from lightning_modules.explain.localisation import LOCALISATION, pointing_tolerance
 from lightning_modules.explain.maps import METHODS, compute_maps, offered
 from lightning_modules.explain.randomisation import DATA_RANDOMISATION, cascade, spearman, ssim
@@ -47,13 +48,13 @@ class Settings:
     steps: int = STEPS  # deletion / insertion steps
     blur_sigma: float = BLUR_SIGMA  # the deletion substrate's blur, fraction of the side
     road_fractions: Sequence[float] = FRACTIONS
-    road_images: Optional[int] = 32  # ROAD solves a sparse system per image, fraction and order
-    sanity_images: Optional[int] = 16  # each randomisation step recomputes every map
-    attack_images: Optional[int] = None
+    road_images: Optional[int] = 16  # ROAD solves a sparse system per image, fraction and order
+    sanity_images: Optional[int] = 8  # each randomisation step recomputes every map
+    attack_images: Optional[int] = 64  # 40 PGD steps per image
     attack_epsilon: float = 8 / 255
     attack_steps: int = 40
     attack_step_size: float = 2 / 255
-    ig_steps: int = 32
+    ig_steps: int = IG_STEPS
     examples: int = 6
     seed: int = 0
     chunk: int = 512  # images per forward pass in the deletion curves
