@@ -8,6 +8,7 @@
 #   make cv EXP=metablock [DATA=... DATA_DIR=...] [CV_DIR=runs/metablock-cv/<stamp>] [ARGS=...]   k-fold CV table
 #   make compare [DATA=... DATA_DIR=...] [SEEDS="1 2 3"] [COMPARE_DIR=runs/compare/<stamp>]   every architecture
 #   make evaluate PRED=runs/.../predictions.csv [PRED2=other.csv] [OUT=dir] [VAL=val_predictions.csv] [ARGS=...]
+#   make explain RUN=runs/attn_vgg/<run> [LIMIT=32] [METHODS="attention gradcam"] [ARGS=...]   score every explanation map
 #   make test        fast test suite (a few minutes on 2 CPU cores)
 #   make test-slow   the slow integration tests (DDP on CPU, longer runs)
 #   make bench       training and data-loading throughput of the default experiment
@@ -34,6 +35,9 @@ COMPARE_DIR ?=
 PRED ?=
 PRED2 ?=
 VAL ?=
+RUN ?=
+LIMIT ?=
+METHODS ?=
 SIZE ?= 512
 FORMAT ?= jpeg
 QUALITY ?= 95
@@ -45,7 +49,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 DATA_ARGS := $(if $(DATA),--data.dataset=$(DATA) --config experiments/data/$(DATA).yaml) $(if $(DATA_DIR),--data.data_dir=$(DATA_DIR))
 
-.PHONY: help install train preprocess cv compare predict evaluate test test-slow bench clean
+.PHONY: help install train preprocess cv compare predict evaluate explain test test-slow bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -78,6 +82,10 @@ predict: $(STAMP) ## per-image class probabilities from CKPT (several: an ensemb
 evaluate: $(STAMP) ## the report of a predictions file PRED (CIs, calibration, operating points, subgroups); PRED2: paired comparison
 	@test -n "$(PRED)" || { echo "usage: make evaluate PRED=runs/.../predictions.csv [PRED2=other.csv] [OUT=dir] [VAL=val_predictions.csv] [ARGS=\"--positive MEL BCC SCC\"]"; exit 2; }
 	$(PY) -m experiments.evaluate $(PRED) $(PRED2) $(if $(VAL),--val $(VAL)) $(if $(OUT),--out $(OUT)) $(ARGS)
+
+explain: $(STAMP) ## score every map of RUN (or CKPT) on its test split: localisation, faithfulness, sanity; explanations.json/.md + figures
+	@test -n "$(RUN)$(CKPT)" || { echo "usage: make explain RUN=runs/<exp>/<run> | CKPT=path/to.ckpt [LIMIT=N] [METHODS=\"attention gradcam ...\"] [ARGS=\"--checks localisation deletion\"]"; exit 2; }
+	$(PY) -m experiments.explain $(if $(RUN),--run $(RUN),--ckpt $(CKPT)) $(if $(LIMIT),--limit $(LIMIT)) $(if $(METHODS),--methods $(METHODS)) $(ARGS)
 
 test: $(STAMP) ## fast test suite
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

@@ -31,9 +31,11 @@ def trained_encoder(checkpoint: dict) -> MetadataEncoder:
 
 def build_datamodule(checkpoint: dict, dataset: Optional[str], data_dir: Optional[str], split: str,
                      batch_size: Optional[int] = None, num_workers: Optional[int] = None,
-                     load_state: bool = True) -> LesionDataModule:
+                     load_state: bool = True, load_masks: Optional[bool] = None) -> LesionDataModule:
     """The training datamodule's settings on (optionally) other data; ``load_state`` installs the
-    training encoder (which reads the dataset's table to check its classes and columns)."""
+    training encoder (which reads the dataset's table to check its classes and columns);
+    ``load_masks``: add the lesion masks to the batches (where every image has one) whatever the
+    run trained with."""
     hparams = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
     if dataset is not None and dataset != hparams["dataset"]:
         hparams["dataset"], hparams["source_options"] = dataset, None
@@ -47,6 +49,8 @@ def build_datamodule(checkpoint: dict, dataset: Optional[str], data_dir: Optiona
         hparams["eval_batch_size"] = batch_size
     if num_workers is not None:
         hparams["num_workers"] = num_workers
+    if load_masks is not None:
+        hparams["load_masks"] = load_masks
     datamodule = LesionDataModule(**hparams)
     if load_state:
         datamodule.load_state_dict(datamodule_state(checkpoint))  # the training encoder

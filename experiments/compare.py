@@ -75,15 +75,17 @@ EXPLANATIONS_FILE = "explanations.json"
 
 
 def explanation_columns(dirs: list[Path]) -> dict[str, dict]:
-    """Extra columns from the runs' own files: every number of ``explanations.json`` (nested keys
-    joined by ``/``) that every seed's run has, as mean ± std over seeds; none when a run lacks the
-    file. The place for per-model scores computed after training (deletion AUC, localisation, ...)."""
+    """Extra columns from the runs' own files: every number of ``explanations.json``'s ``headline``
+    (``make explain`` writes the few scores a table of models shows there; a file without one: all
+    its numbers, nested keys joined by ``/``) that every seed's run has, as mean ± std over seeds;
+    none when a run lacks the file. The place for per-model scores computed after training."""
     found = []
     for d in dirs:
         path = d / EXPLANATIONS_FILE
         if not path.is_file():
             return {}
-        found.append(flat_numbers(json.loads(path.read_text())))
+        scores = json.loads(path.read_text())
+        found.append(flat_numbers(scores.get("headline", scores)))
     keys = [k for k in found[0] if all(k in f for f in found[1:])]
     return {k: mean_std([f[k] for f in found]) for k in keys}
 

@@ -106,7 +106,7 @@ def test_gradcam_lies_on_the_grid_of_the_finest_attention_map(backbone):
     image = torch.randn(2, 3, 64, 64)
     _, maps = net.forward_with_attention(image)
     layer, select = net.gradcam_target
-    cam = grad_cam(lambda x, m: net(x), layer, image, None, select=select)
+    cam = grad_cam(net, layer, image, None, select=select)
     assert cam.shape == maps["attn1"].shape
 
 

@@ -110,7 +110,7 @@ def check_gradcam_target(net) -> None:
         _, maps = net.forward_with_attention(image, meta)
     finest = max((m.shape[-2:] for m in maps.values()), key=lambda shape: shape.numel())
     layer, select = net.gradcam_target
-    cam = grad_cam(lambda x, m: logits_of(net(x, m)), layer, image, meta, select=select)
+    cam = grad_cam(net, layer, image, meta, select=select)
     assert cam.shape == (2, *finest) and (cam >= 0).all()
 
 

@@ -176,5 +176,5 @@ class LesionClassifier(DermModule):
                 self._warned_inference = True
             return
         layer, select = self.net.gradcam_target  # the grid the (finest) attention map lies on
-        cams = grad_cam(self.forward, layer, batch["image"], batch["meta"], select=select)
+        cams = grad_cam(self.net, layer, batch["image"], batch["meta"], select=select)
         self.gradcam_mass.update(cams, batch["mask"])
