@@ -1,12 +1,13 @@
 # dermattn: every target creates .venv and installs the project on first use.
 #   make train EXP=metablock [DATA=pad_ufes20 DATA_DIR=/path] [ARGS="--trainer.max_epochs=2"] [RESUME=runs/.../last.ckpt]
-#   make preprocess DATA=isic2020 DATA_DIR=/path [SIZE=512] [FORMAT=png]   resized image copies that training then reads
+#   make preprocess DATA=isic2020 DATA_DIR=/path [SIZE=512] [FORMAT=png] [WORKERS=N]   resized image copies that training then reads
 #   make predict CKPT=runs/metablock/<run>/checkpoints/last.ckpt [DATA=... DATA_DIR=...] [SPLIT=test] [OUT=preds.csv]
 #   make predict CKPT=... DATA=isic2020 DATA_DIR=/path SPLIT=unlabeled   (the challenge test set)
 #   make predict CKPT=... IMAGES=/folder/of/pictures                     (new images, no metadata)
 #   make predict CKPT="a.ckpt b.ckpt" TTA=8                              (ensemble, 8 dihedral views)
 #   make cv EXP=metablock [DATA=... DATA_DIR=...] [CV_DIR=runs/metablock-cv/<stamp>] [ARGS=...]   k-fold CV table
 #   make compare [DATA=... DATA_DIR=...] [SEEDS="1 2 3"] [COMPARE_DIR=runs/compare/<stamp>]   every architecture
+#   make evaluate PRED=runs/.../predictions.csv [PRED2=other.csv] [OUT=dir] [VAL=val_predictions.csv] [ARGS=...]
 #   make test        fast test suite (a few minutes on 2 CPU cores)
 #   make test-slow   the slow integration tests (DDP on CPU, longer runs)
 #   make bench       training and data-loading throughput of the default experiment
@@ -33,9 +34,13 @@ CV_DIR ?=
 SEEDS ?= 1 2 3
 COMPARE_DIR ?=
 RUNS ?=
+PRED ?=
+PRED2 ?=
+VAL ?=
 SIZE ?= 512
 FORMAT ?= jpeg
 QUALITY ?= 95
+WORKERS ?=
 
 # albumentations otherwise checks for updates over the network at import.
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -43,7 +48,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 DATA_ARGS := $(if $(DATA),--data.dataset=$(DATA) --config experiments/data/$(DATA).yaml) $(if $(DATA_DIR),--data.data_dir=$(DATA_DIR))
 
-.PHONY: help install train preprocess cv compare predict test test-slow bench figures notebook clean
+.PHONY: help install train preprocess cv compare predict evaluate test test-slow bench figures notebook clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -60,8 +65,8 @@ train: $(STAMP) ## train EXP (default metablock) on DATA (default: built-in synt
 	$(PY) -m experiments.train --config experiments/$(EXP).yaml $(DATA_ARGS) $(if $(RESUME),--resume=$(RESUME)) $(ARGS)
 
 preprocess: $(STAMP) ## resized copies of DATA's images (SIZE=512) that training then reads
-	@test -n "$(DATA)" || { echo "usage: make preprocess DATA=isic2020 DATA_DIR=/path [SIZE=512] [FORMAT=jpeg|png] [QUALITY=95] [ARGS=\"--source-options '{...}'\"]"; exit 2; }
-	$(PY) -m datamodules.preprocess --dataset $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --size $(SIZE) --format $(FORMAT) --quality $(QUALITY) $(ARGS)
+	@test -n "$(DATA)" || { echo "usage: make preprocess DATA=isic2020 DATA_DIR=/path [SIZE=512] [FORMAT=jpeg|png] [QUALITY=95] [WORKERS=all cores] [ARGS=\"--source-options '{...}'\"]"; exit 2; }
+	$(PY) -m datamodules.preprocess --dataset $(DATA) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --size $(SIZE) --format $(FORMAT) --quality $(QUALITY) $(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
 
 cv: $(STAMP) ## k-fold cross-validation of EXP (CV_DIR=... resumes one): summary.md, mean ± std over folds
 	$(PY) -m experiments.cv --config experiments/$(EXP).yaml $(if $(CV_DIR),--dir $(CV_DIR)) -- $(DATA_ARGS) $(ARGS)
@@ -73,14 +78,19 @@ predict: $(STAMP) ## per-image class probabilities from CKPT (several: an ensemb
 	@test -n "$(CKPT)" || { echo "usage: make predict CKPT=path/to.ckpt [DATA=... DATA_DIR=...] [SPLIT=all|unlabeled] [IMAGES=folder] [OUT=file.csv]"; exit 2; }
 	$(PY) -m experiments.predict --ckpt $(CKPT) $(if $(DATA),--dataset $(DATA)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --split $(SPLIT) $(if $(IMAGES),--images $(IMAGES)) $(if $(OUT),--out $(OUT)) --tta $(TTA)
 
+evaluate: $(STAMP) ## the report of a predictions file PRED (CIs, calibration, operating points, subgroups); PRED2: paired comparison
+	@test -n "$(PRED)" || { echo "usage: make evaluate PRED=runs/.../predictions.csv [PRED2=other.csv] [OUT=dir] [VAL=val_predictions.csv] [ARGS=\"--positive MEL BCC SCC\"]"; exit 2; }
+	$(PY) -m experiments.evaluate $(PRED) $(PRED2) $(if $(VAL),--val $(VAL)) $(if $(OUT),--out $(OUT)) $(ARGS)
+
 test: $(STAMP) ## fast test suite
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 test-slow: $(STAMP) ## slow integration tests (DDP on CPU, multi-epoch runs)
 	$(PY) -m pytest -q -m slow $(ARGS)
 
-bench: $(STAMP) ## training and data-loading images/s of EXP, full-resolution vs cached images, the ProtoPNet push
+bench: $(STAMP) ## training and data-loading images/s of EXP, full-resolution vs cached images, the ProtoPNet push, ISIC 2024 at scale
 	$(PY) -m experiments.bench --config experiments/$(EXP).yaml $(ARGS)
+	$(PY) -m experiments.bench_isic2024
 	$(PY) -m experiments.bench_push
 	$(PY) -m experiments.bench_gpu
 

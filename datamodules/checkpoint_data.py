@@ -15,7 +15,7 @@ from typing import Any, Optional
 from datamodules.lesion_datamodule import LesionDataModule
 from datamodules.metadata import MetadataEncoder
 from datamodules.records import DatasetError, LesionTable
-from datamodules.sources import read_unlabeled
+from datamodules.sources import OFFICIAL_SPLITS, read_unlabeled
 from datamodules.sources.reading import image_folder_table
 
 
@@ -37,6 +37,8 @@ def build_datamodule(checkpoint: dict, dataset: Optional[str], data_dir: Optiona
     hparams = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
     if dataset is not None and dataset != hparams["dataset"]:
         hparams["dataset"], hparams["source_options"] = dataset, None
+        if dataset not in OFFICIAL_SPLITS:  # trained on a shipped split; the other data are split into folds
+            hparams["split"] = "folds"
     if data_dir is not None:
         hparams["data_dir"] = data_dir
     hparams["predict_split"] = split

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -12,22 +13,37 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from datamodules.metadata import MetadataEncoder
-from datamodules.records import DatasetError, LesionRecord
+from datamodules.hdf5_images import read_bytes
+from datamodules.records import DatasetError, LesionRecord, image_location, split_location
 from datamodules.seeding import SampleKey, seed_transform
 
 
 def load_rgb(
-    path: Path, dataset: str = "dataset", line: Optional[int] = None, min_side: Optional[int] = None
+    path: Path, dataset: str = "dataset", line: Optional[int] = None, min_side: Optional[int] = None,
+    key: Optional[str] = None,
 ) -> np.ndarray:
     """Any PNG/JPEG as an RGB uint8 array: EXIF rotation applied; RGBA, palette, grayscale,
     16-bit converted. A missing or unreadable file names itself and its CSV line.
 
+    ``key``: the image is the bytes stored under ``key`` in the HDF5 file ``path`` (also given as
+    one ``file.hdf5::key`` location, as ``LesionRecord.original_path`` names it); decoded the same way.
+
     ``min_side``: JPEGs may be decoded at a reduced scale that keeps both sides at least this
     long (libjpeg's DCT scaling): full-resolution ISIC photos decode several times faster.
     """
+    if key is None:
+        path, key = split_location(path)
     where = f" (listed on line {line})" if line is not None else ""
+    name = image_location(path, key)
     try:
-        with Image.open(path) as image:
+        if key is not None:
+            try:
+                source = io.BytesIO(read_bytes(path, key))
+            except DatasetError as err:
+                raise DatasetError(f"{dataset}: {err}{where}") from None
+        else:
+            source = path
+        with Image.open(source) as image:
             if min_side and image.format == "JPEG":
                 image.draft("RGB", (min_side, min_side))
             image = ImageOps.exif_transpose(image)
@@ -44,13 +60,28 @@ def load_rgb(
     except FileNotFoundError:
         raise DatasetError(f"{dataset}: image file {path} does not exist{where}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DatasetError(f"{dataset}: cannot read image {path}{where}: {err}") from err
+        if isinstance(err, DatasetError):
+            raise
+        raise DatasetError(f"{dataset}: cannot read image {name}{where}: {err}") from err
 
 
-def load_mask(path: Path, dataset: str = "dataset") -> np.ndarray:
+def load_mask(path: Path, dataset: str = "dataset", shape: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """A lesion mask as (H, W) uint8 in {0, 1} (any mode: 0/255 PNG, 1-bit BMP, RGB).
+
+    ``shape``: the (H, W) its image was decoded at. A mask of another size but the same aspect ratio
+    (within a pixel) is resized to it with nearest neighbour, so it stays binary: a JPEG decoded at
+    a reduced scale (``load_rgb``'s ``min_side``) is smaller than its full-size mask. A mask of
+    another aspect ratio belongs to another picture and is an error."""
     try:
         with Image.open(path) as image:
-            return (np.asarray(image.convert("L")) > 127).astype(np.uint8)
+            mask = image.convert("L")
+            if shape is not None and mask.size != (shape[1], shape[0]):
+                width, height = mask.size
+                if abs(height * shape[1] / width - shape[0]) > 1:
+                    raise DatasetError(f"{dataset}: mask {path} is {height} x {width} px, its image {shape[0]} x "
+                                       f"{shape[1]} px (another aspect ratio: not this image's mask)")
+                mask = mask.resize((shape[1], shape[0]), Image.NEAREST)
+            return (np.asarray(mask) > 127).astype(np.uint8)
     except (OSError, UnidentifiedImageError) as err:
         raise DatasetError(f"{dataset}: cannot read lesion mask {path}: {err}") from err
 
@@ -91,7 +122,7 @@ class LesionDataset(Dataset):
 
     def _small_image(self, record: LesionRecord, shape: tuple[int, int]) -> None:
         where = f" (CSV line {record.line})" if record.line else ""
-        message = (f"{self.dataset}: {record.image_path}{where} is {shape[1]} x {shape[0]} px, far smaller than "
+        message = (f"{self.dataset}: {record.location}{where} is {shape[1]} x {shape[0]} px, far smaller than "
                    f"the {self.image_size} px it is resized to")
         if self.small_images == "error":
             raise DatasetError(f"{message}; remove it from the data or lower --data.image_size")
@@ -109,15 +140,11 @@ class LesionDataset(Dataset):
         record = self.records[index]
         # Decode at no less than twice the training size: the resize then still anti-aliases.
         min_side = 2 * self.image_size if self.image_size else None
-        image = load_rgb(record.image_path, self.dataset, record.line, min_side)
+        image = load_rgb(record.image_path, self.dataset, record.line, min_side, record.image_key)
         if self.image_size and 4 * min(image.shape[:2]) < self.image_size:
             self._small_image(record, image.shape[:2])
         if self.with_masks:
-            mask = load_mask(record.mask_path, self.dataset)
-            if mask.shape != image.shape[:2]:
-                raise DatasetError(
-                    f"{self.dataset}: mask {record.mask_path} is {mask.shape}, image is {image.shape[:2]}"
-                )
+            mask = load_mask(record.mask_path, self.dataset, image.shape[:2])
             out = self.transform(image=image, mask=mask)
         else:
             out = self.transform(image=image)

@@ -1,7 +1,8 @@
 """The LightningDataModule that ties reader, split, metadata encoder and transforms together.
 
 Flow: ``read_table`` (CSV rows -> records, ``sources/cleaning.py``, the resized-image cache) ->
-``split_indices`` (patient-grouped folds) -> ``MetadataEncoder.fit`` on the training records ->
+``split_indices`` (patient-grouped folds; or the dataset's own split, ``official_indices``) ->
+``MetadataEncoder.fit`` on the training records ->
 ``LesionDataset`` per split; training batches are drawn as ``samplers.TrainingSampling`` says.
 
 The model needs ``num_classes``, ``meta_dim``, ``class_names`` and ``class_weights`` before it is
@@ -12,7 +13,6 @@ the model's arguments).
 from __future__ import annotations
 
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import lightning as L
@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader, default_collate
 
+from datamodules.arguments import check_choice, check_int, check_number
 from datamodules.dataset import LesionDataset
 from datamodules.description import DataDescription
 from datamodules.image_cache import StaleCache, apply_cache, find_cache
@@ -29,10 +30,31 @@ from datamodules.metadata import MetadataEncoder
 from datamodules.records import DatasetError, LesionRecord, LesionTable
 from datamodules.samplers import TrainingSampling
 from datamodules.seeding import TrainPosition, run_seed, seed_transform
-from datamodules.sources import DATASETS, read_table
+from datamodules.sources import DATASETS, OFFICIAL_SPLITS, read_table
 from datamodules.sources.cleaning import drop_rare_classes, verify_images
-from datamodules.splits import SPLITS, split_indices
-from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
+from datamodules.splits import SPLIT_MODES, SPLITS, check_group_by, official_indices, split_indices
+from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, RECIPES, build_transforms
+
+
+def check_data_options(options: dict[str, Any]) -> None:
+    """The datamodule's arguments, each within what it allows (the message names the option)."""
+    check_int("--data.batch_size", options["batch_size"], minimum=1)
+    check_int("--data.eval_batch_size", options["eval_batch_size"], minimum=1, optional=True)
+    check_int("--data.image_size", options["image_size"], minimum=1)
+    check_int("--data.num_workers", options["num_workers"], minimum=0)
+    check_int("--data.n_folds", options["n_folds"], minimum=3)  # a test, a validation and a training fold
+    check_int("--data.fold", options["fold"], minimum=0, maximum=options["n_folds"] - 1)
+    check_int("--data.split_seed", options["split_seed"])
+    check_int("--data.min_class_images", options["min_class_images"], minimum=0)
+    check_int("--data.negatives_per_epoch", options["negatives_per_epoch"], minimum=1, optional=True)
+    check_choice("--data.augment", options["augment"], RECIPES)
+    check_choice("--data.split", options["split"], SPLIT_MODES)
+    check_choice("--data.small_images", options["small_images"], ("error", "warn"))
+    for name in ("normalize_mean", "normalize_std"):
+        if len(options[name]) != 3:
+            raise ValueError(f"--data.{name}={list(options[name])!r}: must be three numbers (R, G, B)")
+    for value in options["normalize_std"]:
+        check_number("--data.normalize_std", value, above=0)
 
 
 class LesionDataModule(L.LightningDataModule):
@@ -45,6 +67,7 @@ class LesionDataModule(L.LightningDataModule):
         fold: int = 0,
         n_folds: int = 5,
         split_seed: int = 0,
+        split: str = "folds",
         image_size: int = 224,
         augment: str = "isic",
         normalize_mean: tuple[float, float, float] = IMAGENET_MEAN,
@@ -61,19 +84,25 @@ class LesionDataModule(L.LightningDataModule):
         small_images: str = "error",
         oversample: Optional[dict[str, float]] = None,
         image_cache: bool = True,
+        group_by: Optional[str] = None,
+        negatives_per_epoch: Optional[int] = None,
     ):
         """
         Args:
-            dataset: ``synthetic`` (built in, generated on first use), ``pad_ufes20``,
-                ``isic2019``, ``isic2020`` or ``ham10000``.
+            dataset: ``synthetic`` (built in, generated on first use) or a reader's name
+                (``datamodules.sources.DATASETS``: ``pad_ufes20``, ``isic2019``, ``isic2017``, ...).
             data_dir: the dataset's folder as downloaded; for ``synthetic``, the cache root
                 (default ``~/.cache/dermattn`` or ``$DERMATTN_CACHE``).
-            source_options: reader options, e.g. ``{task: diagnosis}`` for ISIC 2020 or
-                ``{n_patients: 600, seed: 1}`` for the synthetic generator.
+            source_options: reader options, e.g. ``{task: diagnosis}`` for ISIC 2020,
+                ``{patient_relative: true}`` for ISIC 2024 or ``{n_patients: 600, seed: 1}`` for the
+                synthetic generator.
             meta_features: metadata columns to use (``[]`` for none); ``None`` is the dataset's
                 published default set.
             fold: which of ``n_folds`` patient-grouped folds is the test split (the next one is
                 validation).
+            split: ``folds`` (those grouped folds) or ``official``: the train / validation / test
+                sets the dataset ships (``datamodules.sources.OFFICIAL_SPLITS`` names the datasets
+                that have one); ``fold``, ``n_folds`` and ``split_seed`` are then not used.
             balanced_sampler: draw training batches with inverse class-frequency weights.
             predict_split: records used by ``predict``: ``train``, ``val``, ``test`` or ``all``.
             load_masks: add each image's lesion mask to the batch (datasets that have masks).
@@ -92,11 +121,20 @@ class LesionDataModule(L.LightningDataModule):
                 (``make preprocess DATA=... DATA_DIR=... SIZE=512``; see ``datamodules/image_cache.py``):
                 the smallest such cache under ``$DERMATTN_CACHE`` (or ``~/.cache/dermattn``); a cache
                 whose source files changed is an error. ``false`` always reads the original images.
+            group_by: split by this metadata column instead of by patient/lesion (``attribution``:
+                ISIC 2024's hospitals, each held out whole); patients still never span two splits.
+            negatives_per_epoch: each training epoch takes every image outside the largest class
+                (for binary data: every positive) and this many of the largest class, a different,
+                seed-determined draw every epoch (``samplers.NegativeSubsampler``).
         """
         super().__init__()
         if dataset not in DATASETS:
             raise DatasetError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
-        self.sampling = TrainingSampling(balanced_sampler, oversample, pk_batches)
+        check_data_options(locals())
+        if split == "official" and dataset not in OFFICIAL_SPLITS:
+            raise DatasetError(f"{dataset} ships no official split; datasets that do: {list(OFFICIAL_SPLITS)} "
+                               "(--data.split=folds makes patient-grouped folds)")
+        self.sampling = TrainingSampling(balanced_sampler, oversample, pk_batches, negatives_per_epoch)
         if predict_split not in (*SPLITS, "all"):
             raise ValueError(f"predict_split must be one of {(*SPLITS, 'all')}, got {predict_split!r}")
         self.save_hyperparameters()
@@ -127,17 +165,23 @@ class LesionDataModule(L.LightningDataModule):
     @cached_property
     def split_records(self) -> dict[str, list[LesionRecord]]:
         hp = self.hparams
-        indices = split_indices(self.table.records, hp.fold, hp.n_folds, hp.split_seed, hp.dataset)
+        if hp.split == "official":
+            rank_zero_info(f"{hp.dataset}: the official train / validation / test split (fold, n_folds and split_seed "
+                           "are not used)")
+            indices = official_indices(self.table.records, hp.dataset)
+        else:
+            check_group_by(self.table, hp.group_by)
+            indices = split_indices(self.table.records, hp.fold, hp.n_folds, hp.split_seed, hp.dataset,
+                                    hp.group_by)
         out = {name: [self.table.records[i] for i in idx] for name, idx in indices.items()}
         for split, records in out.items():
             present = {r.label for r in records}
             absent = [name for k, name in enumerate(self.table.class_names) if k not in present]
             if absent:  # an absent class would score AUROC 0 and drag the macro average down
-                raise DatasetError(
-                    f"{hp.dataset}: class(es) {absent} have no image in the {split} split of fold "
-                    f"{hp.fold}/{hp.n_folds}; use fewer folds or drop rare classes "
-                    f"(--data.min_class_images=N)"
-                )
+                where = (f"the official {split} split;" if hp.split == "official"
+                         else f"the {split} split of fold {hp.fold}/{hp.n_folds}; use fewer folds or")
+                raise DatasetError(f"{hp.dataset}: class(es) {absent} have no image in {where} drop rare classes "
+                                   "(--data.min_class_images=N)")
         return out
 
     @cached_property
@@ -321,14 +365,16 @@ class LesionDataModule(L.LightningDataModule):
         hp = self.hparams
         return {
             "dataset": hp.dataset,
-            "data_dir": str(Path(self.table.csv_path).parent),
+            "data_dir": str(self.table.folder),
             "images": len(self.table.records),
             "groups": len({r.group for r in self.table.records}),
             "class_names": self.class_names,
             "split_sizes": {s: len(self.records(s)) for s in SPLITS},
-            "fold": hp.fold,
-            "n_folds": hp.n_folds,
-            "split_seed": hp.split_seed,
+            "split": hp.split,
+            "fold": hp.fold if hp.split == "folds" else None,
+            "n_folds": hp.n_folds if hp.split == "folds" else None,
+            "split_seed": hp.split_seed if hp.split == "folds" else None,
+            **({"group_by": hp.group_by} if hp.group_by else {}),
             "meta_features": self.encoder.feature_names,
         }
 

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from datamodules.meta_columns import ColumnReader
 from datamodules.records import LesionRecord
 
 MISSING = "<missing>"
@@ -30,13 +31,14 @@ class MetadataEncoder:
 
     # -- fitting ---------------------------------------------------------------------------
     def fit(self, records: Sequence[LesionRecord]) -> "MetadataEncoder":
+        columns = ColumnReader([r.meta for r in records])
         for column in self.numeric:
-            values = np.array([r.meta.get(column) for r in records if r.meta.get(column) is not None], float)
+            values = np.array([v for v in columns.values(column) if v is not None], float)
             self.mean[column] = float(values.mean()) if len(values) else 0.0
             std = float(values.std()) if len(values) > 1 else 0.0
             self.std[column] = std if std > 1e-8 else 1.0
         for column in self.categorical:
-            seen = {r.meta.get(column) for r in records} - {None}
+            seen = set(columns.values(column)) - {None}
             self.categories[column] = sorted(str(v) for v in seen)
         self.fitted = True
         return self

@@ -1,16 +1,17 @@
 """Write the resized-image cache that training then reads (``datamodules/image_cache.py``).
 
     python -m datamodules.preprocess --dataset isic2020 --data-dir /data/isic2020 --size 512 \
-        [--format jpeg|png] [--quality 95] [--cache-root ~/.cache/dermattn] \
+        [--format jpeg|png] [--quality 95] [--workers N] [--cache-root ~/.cache/dermattn] \
         [--source-options '{"task": "diagnosis"}']
-    make preprocess DATA=isic2020 DATA_DIR=/data/isic2020 SIZE=512 [FORMAT=png]
+    make preprocess DATA=isic2020 DATA_DIR=/data/isic2020 SIZE=512 [FORMAT=png] [WORKERS=N]
 
 Images are cached as JPEG (quality 95, 4:4:4) unless ``--format png`` (lossless, slower to
-decode, about 3x the disk); masks always as PNG.
+decode, about 3x the disk); masks always as PNG. ``--workers`` processes encode them (default:
+every core); the files are the same whatever their number.
 
-Prints progress every 1000 images, the total time, and last the cache folder. Re-running after
-some source files changed re-encodes only those. ``preprocess_command`` words this command line
-for a stale cache's error.
+Shows a progress bar with the rate and time left, then the total time, and last the cache
+folder. Re-running after some source files changed re-encodes only those. ``preprocess_command``
+words this command line for a stale cache's error.
 """
 
 from __future__ import annotations
@@ -27,14 +28,11 @@ from typing import Optional, Sequence
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from datamodules.image_cache import (  # noqa: E402
-    DEFAULT_FORMAT, DEFAULT_QUALITY, IMAGE_FORMATS, CacheBuild, build_cache,
+    DEFAULT_FORMAT, DEFAULT_QUALITY, IMAGE_FORMATS, CacheBuild, build_cache, default_workers,
 )
 from datamodules.records import DatasetError  # noqa: E402
 from datamodules.sources import DATASETS, read_table  # noqa: E402
 from datamodules.synthetic.config import default_cache_root  # noqa: E402
-
-PROGRESS_EVERY = 1000
-
 
 def preprocess_command(build: Optional[CacheBuild]) -> str:
     """The ``make preprocess`` line that (re)builds a cache, quoted for the shell; a template
@@ -62,6 +60,28 @@ def preprocess_command(build: Optional[CacheBuild]) -> str:
     return " ".join(parts)
 
 
+class ProgressBar:
+    """``build_cache``'s ``progress(done, total)`` as a tqdm bar on stderr (rate, elapsed, time left)."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.description, unit="img", file=sys.stderr, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m datamodules.preprocess", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=DATASETS)
@@ -71,6 +91,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--format", default=DEFAULT_FORMAT, choices=IMAGE_FORMATS,
                         help="how cached images are stored: jpeg (lossy, fast to decode) or png (lossless)")
     parser.add_argument("--quality", type=int, default=DEFAULT_QUALITY, help="JPEG quality, 1-100")
+    parser.add_argument("--workers", type=int, default=None,
+                        help=f"processes encoding images (default: every core, here {default_workers()})")
     parser.add_argument("--cache-root", default=None, help="default: $DERMATTN_CACHE or ~/.cache/dermattn")
     parser.add_argument("--source-options", default=None, type=json.loads,
                         help='reader options as JSON, e.g. \'{"task": "diagnosis"}\'')
@@ -79,29 +101,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--size must be positive, got {args.size}")
     if not 1 <= args.quality <= 100:
         parser.error(f"--quality must be in 1..100, got {args.quality}")
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    workers = args.workers or default_workers()
     options = args.source_options or {}
     if not isinstance(options, dict):
         parser.error("--source-options must be a JSON object")
     start = time.perf_counter()
-
-    def progress(done: int, total: int) -> None:
-        if done % PROGRESS_EVERY == 0 or done == total:
-            rate = done / max(time.perf_counter() - start, 1e-9)
-            print(f"{done}/{total} images ({rate:.1f} images/s)", file=sys.stderr, flush=True)
-
     try:
         table = read_table(args.dataset, args.data_dir, **options)
-        folder = build_cache(table, args.size, args.cache_root, source_options=options, progress=progress,
-                             image_format=args.format, quality=args.quality)
+        with ProgressBar(f"caching {args.dataset} at {args.size} px") as progress:
+            folder = build_cache(table, args.size, args.cache_root, source_options=options, progress=progress,
+                                 image_format=args.format, quality=args.quality, workers=workers)
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     minutes, seconds = divmod(time.perf_counter() - start, 60)
-    print(f"cached {len(table.records)} images at {args.size} px ({args.format}) in {int(minutes)} min {seconds:.1f} s",
-          file=sys.stderr)
+    print(f"cached {len(table.records)} images at {args.size} px ({args.format}, {workers} worker"
+          f"{'s' if workers > 1 else ''}) in {int(minutes)} min {seconds:.1f} s", file=sys.stderr)
     print(folder)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from datamodules.entry_point import run
+
+    sys.exit(run(main))

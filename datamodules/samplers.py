@@ -16,8 +16,9 @@ from torch.utils.data import BatchSampler, DistributedSampler, Sampler
 from datamodules.records import DatasetError
 from datamodules.seeding import SampleKey, TrainPosition
 
-# Stream names mixed into the seeds, so the order and the augmentations never share draws.
-ORDER, AUGMENT = 0, 1
+# Stream names mixed into the seeds, so the order, the augmentations and the negatives drawn
+# never share draws.
+ORDER, AUGMENT, NEGATIVES = 0, 1, 2
 
 
 class SeededSampler(DistributedSampler):
@@ -69,10 +70,46 @@ class SeededSampler(DistributedSampler):
         mine = np.arange(self.rank, self.total_size, self.num_replicas)
         if self.epoch == self.resume_at[0]:
             mine = mine[self.resume_at[1]:]
-        return iter([SampleKey(int(order[p]), int(seeds[p])) for p in mine])
+        # Made as they are taken: a 400,000-image epoch starts at once.
+        return map(SampleKey, order[mine].tolist(), seeds[mine].tolist())
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class NegativeSubsampler(SeededSampler):
+    """Extreme imbalance (ISIC 2024: 0.1 % malignant): every epoch trains on every image of the
+    minority classes and a fresh draw of ``negatives`` images of the majority class.
+
+    The majority class ("negatives") is the class with the most training images (ties: the
+    lower class index); for binary data that is the benign class, and every positive is kept.
+    Which negatives an epoch gets is drawn without replacement from (``seed``, epoch) alone, so
+    epochs differ, and a resumed run draws the same ones; the kept images are then shuffled,
+    padded and split over the ranks exactly like ``SeededSampler``'s permutation.
+    """
+
+    def __init__(self, labels: Sequence[int], negatives: int, seed: int, num_replicas: int = 1, rank: int = 0,
+                 resume_at: tuple[int, int] = (0, 0)):
+        labels = np.asarray(labels)
+        if negatives < 1:
+            raise ValueError(f"negatives_per_epoch must be at least 1, got {negatives}")
+        counts = np.bincount(labels) if len(labels) else np.zeros(1, int)
+        self.negative_class = int(np.argmax(counts))
+        self.positives = np.flatnonzero(labels != self.negative_class)
+        self.negatives = np.flatnonzero(labels == self.negative_class)
+        self.negatives_per_epoch = min(int(negatives), len(self.negatives))
+        super().__init__(len(self.positives) + self.negatives_per_epoch, seed, None, num_replicas=num_replicas,
+                         rank=rank, resume_at=resume_at)
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """The dataset indices trained in ``epoch`` (every positive, the epoch's negatives), sorted."""
+        rng = np.random.default_rng([self.seed, epoch, NEGATIVES])
+        drawn = rng.choice(len(self.negatives), size=self.negatives_per_epoch, replace=False)
+        return np.sort(np.concatenate([self.positives, self.negatives[drawn]]))
+
+    def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        order, seeds = super().epoch_order(epoch)  # a permutation of the epoch's images, padded
+        return self.epoch_indices(epoch)[order], seeds
 
 
 class EpochCounter(Sampler[int]):
@@ -163,21 +200,32 @@ class ClassBalancedBatchSampler(BatchSampler):
 
 class TrainingSampling:
     """How training batches are drawn: shuffled (the default), class-balanced (``balanced``),
-    some classes drawn more often (``oversample``) or P classes x K images (``pk_batches``).
+    some classes drawn more often (``oversample``), P classes x K images (``pk_batches``) or every
+    minority image with a fresh subset of the majority class each epoch (``negatives_per_epoch``).
 
     The options are checked together when it is made, so a bad combination fails before any data
     is read; the messages name the datamodule's options (``--data.balanced_sampler`` ...).
     """
 
     def __init__(self, balanced: bool = False, oversample: Optional[Mapping[str, float]] = None,
-                 pk_batches: Optional[Sequence[int]] = None):
+                 pk_batches: Optional[Sequence[int]] = None, negatives_per_epoch: Optional[int] = None):
         """
         Args:
             balanced: draws with inverse class-frequency weights, with replacement.
             oversample: ``{class: factor}``: images of these classes drawn ``factor`` times as
                 often as the others, with replacement, as many draws per epoch as images.
             pk_batches: ``(P, K)``: batches of P classes x K images (positive pairs in every batch).
+            negatives_per_epoch: N: each epoch, every image outside the largest class and N of
+                the largest class, drawn afresh (``NegativeSubsampler``).
         """
+        if negatives_per_epoch is not None:
+            if isinstance(negatives_per_epoch, bool) or not isinstance(negatives_per_epoch, int) \
+                    or negatives_per_epoch < 1:
+                raise ValueError(f"--data.negatives_per_epoch must be a positive number of images, got "
+                                 f"{negatives_per_epoch!r}")
+            if balanced or oversample or pk_batches:
+                raise ValueError("negatives_per_epoch draws its own training images; set balanced_sampler=false, "
+                                 "oversample=null and pk_batches=null")
         if oversample and (balanced or pk_batches):
             raise ValueError("oversample draws its own training batches; "
                              "set balanced_sampler=false and pk_batches=null")
@@ -192,6 +240,7 @@ class TrainingSampling:
         self.balanced = bool(balanced)
         self.oversample = dict(oversample or {})
         self.pk_batches = (int(pk_batches[0]), int(pk_batches[1])) if pk_batches else None
+        self.negatives_per_epoch = negatives_per_epoch
 
     def class_factors(self, class_names: Sequence[str], dataset: str) -> np.ndarray:
         """(K,) sampling weight of each class under ``oversample`` (1 for classes it does not name)."""
@@ -223,12 +272,16 @@ class TrainingSampling:
             sampler = ClassBalancedBatchSampler(labels, p, k, num_batches=max(1, len(labels) // (p * k)), seed=seed,
                                                 resume_at=position)
             return {"batch_sampler": sampler}
-        weights = None
-        if self.balanced:
-            weights = 1.0 / np.bincount(labels, minlength=len(class_names))[labels]
-        elif self.oversample:
-            weights = self.class_factors(class_names, dataset)[labels]
-        sampler = SeededSampler(num_samples, seed, weights, num_replicas=world_size, rank=rank,
-                                resume_at=(position.epoch, position.batches_done * batch_size))
+        resume_at = (position.epoch, position.batches_done * batch_size)
+        if self.negatives_per_epoch:
+            sampler: SeededSampler = NegativeSubsampler(labels, self.negatives_per_epoch, seed, num_replicas=world_size,
+                                                        rank=rank, resume_at=resume_at)
+        else:
+            weights = None
+            if self.balanced:
+                weights = 1.0 / np.bincount(labels, minlength=len(class_names))[labels]
+            elif self.oversample:
+                weights = self.class_factors(class_names, dataset)[labels]
+            sampler = SeededSampler(num_samples, seed, weights, num_replicas=world_size, rank=rank, resume_at=resume_at)
         # drop_last: BatchNorm needs more than one sample in a batch.
         return {"sampler": sampler, "batch_size": batch_size, "drop_last": len(sampler) > batch_size}

@@ -5,9 +5,11 @@ Each run writes to its own folder ``runs/<run.name>/<timestamp>-s<seed>/``::
     config.yaml        the resolved configuration (re-run it with --config)
     metrics.csv        every logged scalar (CSV logger, always on)
     checkpoints/       best-epochXXX.ckpt (by the model's `monitor`) and last.ckpt
-    metrics.json       test scores of the best checkpoint
-    predictions.csv    class probabilities for every test image
-    test_*.png         confusion matrix and ROC curves of the test split
+    metrics.json       test scores of the best checkpoint and its evaluation report (docs/evaluation.md)
+    predictions.csv    class probabilities, group and subgroup metadata of every test image
+    val_predictions.csv  the same for the validation split, scored by the tested model
+    subgroups.csv/.md  the report per subgroup (skin type, sex, age band, site)
+    test_*.png         confusion matrix, ROC curves and reliability diagram of the test split
     wandb/             the W&B run (offline unless WANDB_MODE=online; `wandb sync` later)
 
 Resuming (``--resume path/to/last.ckpt``) continues in the checkpoint's run folder with that
@@ -24,7 +26,9 @@ Callbacks are ``trainer.callbacks`` (``experiments/base.yaml`` lists the default
 ``early_stopping`` (EarlyStopping, ``null`` turns it off), which watch the model's ``monitor``
 unless told otherwise (``experiments/run_callbacks.py``). Callbacks find the run folder in
 ``trainer.default_root_dir``; the CLI hands them the run's name and resume command
-(:class:`~lightning_modules.callbacks.run_context.RunContext`).
+(:class:`~lightning_modules.callbacks.run_context.RunContext`), with the test report's options
+(``--eval.subgroups``, ``--eval.age_bands``, ``--eval.positive``, ``--eval.n_boot``, ``--eval.seed``)
+and ``--calibrate=temperature``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import sys
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback, instantiate_class
@@ -46,10 +50,13 @@ from experiments.loggers import make_csv_logger, make_wandb_logger
 from experiments.net_options import ConfigError, UnknownOptionError, closest, expand_net_shorthands
 from experiments.resume import check_same_data, resumed_run_config, with_run_config
 from experiments.run_callbacks import hand_over, in_order, resolve_monitor, without
-from experiments.run_folder import discard_if_unused, resolve_run_dir, share_with_workers
+from experiments.run_folder import discard_if_unused, is_global_zero_process, resolve_run_dir, share_with_workers
+from experiments.run_lock import RunLock
 from experiments.strategy import find_unused_variant
+from experiments.trainer_options import DermArgumentParser
 from lightning_modules.callbacks.checkpointing import RunCheckpoint
 from lightning_modules.callbacks.run_context import RunContext
+from lightning_modules.evaluation.options import EvaluationOptions
 from lightning_modules.modules.base import DermModule
 from lightning_modules.nets.backbones import normalisation_mismatch
 from lightning_modules.utils.atomic_io import AtomicCheckpointIO
@@ -74,6 +81,7 @@ class DermCLI(LightningCLI):
     def __init__(self, args: Optional[Sequence[str]] = None, **kwargs):
         self.run_dir: Optional[Path] = None
         self.created_run_dir = False
+        self.run_lock: Optional[RunLock] = None
         args = list(sys.argv[1:] if args is None else args)
         self.resumed_config = resumed_run_config(args)
         if self.resumed_config is not None:  # the run's own settings, then the new overrides
@@ -87,6 +95,7 @@ class DermCLI(LightningCLI):
                 super().__init__(
                     DermModule,
                     LesionDataModule,
+                    parser_class=DermArgumentParser,  # `--trainer.limit_train_batches=1` is one batch
                     subclass_mode_model=True,
                     save_config_callback=SaveRunConfig,
                     save_config_kwargs={"overwrite": True},
@@ -100,10 +109,13 @@ class DermCLI(LightningCLI):
                     **kwargs,
                 )
         except ArgumentError as err:
-            self.discard_new_run_dir()
+            self.end_run(failed=True)
             raise explain_parse_error(err, getattr(self, "parser", None)) from None
-        except BaseException:
-            self.discard_new_run_dir()  # bad data or config: no empty run folder is left behind
+        except BaseException as err:
+            self.end_run(failed=True)  # no empty run folder is left behind
+            cause = unwrapped(err)
+            if cause is not err:
+                raise cause from None
             raise
 
     def resume_command(self) -> str:
@@ -115,9 +127,13 @@ class DermCLI(LightningCLI):
                 return f"make train EXP={path.relative_to(EXPERIMENTS_DIR).with_suffix('')} RESUME={{ckpt}}"
         return "python -m experiments.train --resume {ckpt}"
 
-    def discard_new_run_dir(self) -> None:
-        """Remove the run folder this run created if nothing worth keeping is in it yet."""
-        discard_if_unused(self.run_dir, self.created_run_dir)
+    def end_run(self, failed: bool = False, trained: bool = False) -> None:
+        """Release the run folder; after a failure before training (``trained``: whether a
+        training step was taken), remove it if this run created it."""
+        if failed:
+            discard_if_unused(self.run_dir, self.created_run_dir, trained)
+        if self.run_lock is not None:
+            self.run_lock.release()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run.name", type=str, default="experiment", help="run folder: runs/<name>/...")
@@ -133,6 +149,11 @@ class DermCLI(LightningCLI):
         parser.add_argument("--run.drop_callbacks", type=list[str], default=[],
                             help="class names of trainer.callbacks to leave out, e.g. [WandbPanels]")
         parser.add_argument("--resume", type=Optional[str], default=None, help="last.ckpt to continue from")
+        # The test report (docs/evaluation.md): --eval.subgroups='[fitspatrick, age]' --eval.positive='[MEL, BCC, SCC]'
+        parser.add_class_arguments(EvaluationOptions, "eval", skip={"calibrate"}, instantiate=False)
+        parser.add_argument("--calibrate", type=Literal["none", "temperature"], default="none",
+                            help="temperature: after testing, store the temperature fitted on the validation "
+                                 "split in the tested checkpoint; prediction applies it")
         for name in ("num_classes", "meta_dim", "class_names", "class_weights"):
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         # Plain groups, built by instantiate_trainer once the model can say what `monitor: auto` is.
@@ -150,14 +171,37 @@ class DermCLI(LightningCLI):
             rank_zero_warn("balanced_sampler and weighted_loss both correct the class imbalance; "
                            "set --model.init_args.weighted_loss=false to correct it once")
         warn_normalisation_mismatch(model.net.get("init_args") or {}, config.data)
+
+    def open_run_dir(self) -> None:
+        """Create (or, resuming, find) the run folder and lock it. Called once the data and the
+        model are built, so that a bad option or bad data is reported before the folder exists."""
+        config = self.config
         self.run_dir, self.created_run_dir = resolve_run_dir(config.run.root, config.run.name, config.run.dir,
                                                              config.resume, config.seed_everything)
+        if is_global_zero_process():  # the other processes of a DDP run join its folder
+            try:
+                self.run_lock = RunLock(self.run_dir).acquire()
+            except BaseException:
+                self.created_run_dir = False  # the folder is the other run's
+                raise
         share_with_workers(self.run_dir)
-        config.trainer.default_root_dir = str(self.run_dir)
+        config.trainer.default_root_dir = str(self.run_dir)  # in config.yaml as before
         config.checkpoint.dirpath = config.checkpoint.dirpath or str(self.run_dir / "checkpoints")
+
+    def evaluation_options(self) -> EvaluationOptions:
+        config = self.config
+        if config.calibrate != "none" and not config.run.test:
+            raise ConfigError(f"--calibrate={config.calibrate} fits on the tested model: it needs --run.test=true")
+        try:
+            return EvaluationOptions(**config.eval.as_dict(), calibrate=config.calibrate)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def instantiate_trainer(self, **kwargs):
         config, model = self.config, self.model
+        check_optimizer(model)
+        self.open_run_dir()
+        kwargs["default_root_dir"] = str(self.run_dir)
         loggers = [make_csv_logger(self.run_dir)]
         if config.run.wandb:
             net = config.model.init_args.net.class_path.rpartition(".")[2]
@@ -174,7 +218,7 @@ class DermCLI(LightningCLI):
         listed = without(self.config_init.trainer.get("callbacks") or [], config.run.drop_callbacks)
         callbacks = in_order(listed, watching)
         hand_over(callbacks, RunContext(name=config.run.name, dir=str(self.run_dir),
-                                        resume_command=self.resume_command()))
+                                        resume_command=self.resume_command(), evaluation=self.evaluation_options()))
         plugins = self.config_init.trainer.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -192,6 +236,27 @@ class DermCLI(LightningCLI):
                                f"{config.trainer.strategy!r} -> {variant!r}")  # fmt: skip
                 trainer = build(strategy=variant)
         return trainer
+
+
+#: How jsonargparse words an error raised by a class it instantiates for an ``Optional[...]`` argument
+#: (the model): the class's own error is its cause, after pages of the configuration.
+UNION_WRAPPER = "Does not validate against any of the Union subtypes"
+
+
+def unwrapped(err: BaseException) -> BaseException:
+    """The error a class raised while the parser instantiated it, without the parser's wrapping."""
+    while isinstance(err, ValueError) and str(err).startswith(UNION_WRAPPER) and err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def check_optimizer(model: DermModule) -> None:
+    """Build the optimizer once on the model's parameters, so that arguments it refuses (a negative
+    learning rate) are reported before the run folder exists rather than as training starts."""
+    try:
+        model.optimizer_factory(model.parameter_groups())
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"--model.init_args.optimizer: {err}") from None
 
 
 def explain_parse_error(err: ArgumentError, parser) -> ConfigError:

@@ -2,8 +2,8 @@
 
     python -m experiments.prototypes explain --ckpt CKPT --image IMG [--top-k 3] [--out FIG.png]
         "this looks like that": the most activated prototypes for one image
-    python -m experiments.prototypes nearest --ckpt CKPT [--k 5] [--out FIG.png]
-        global analysis: each prototype's k nearest training patches
+    python -m experiments.prototypes nearest --ckpt CKPT [--k 5] [--out TABLE.json]
+        global analysis: each prototype's k nearest training patches, as a JSON table
     python -m experiments.prototypes attack --ckpt CKPT --image IMG --prototype J \
         --region Y0 Y1 X0 X1 [--objective paper|paper_improved|cell] [--mode raise|lower] [--epsilon 0.03] [--steps 40]
         "this does not look like that": PGD inside the region (pixels of the resized image); the
@@ -12,7 +12,10 @@
         ``attack.paper_attack_improved`` lists (``paper_improved``); ``cell`` raises one cell (or
         lowers it where it fires, ``--mode lower``)
 
-Figures go next to the checkpoint's run folder unless ``--out`` says otherwise.
+Figures and tables go to ``<run>/analysis/`` (the checkpoint's run folder) unless ``--out`` says
+otherwise; each command prints where. A new attack figure never replaces an earlier one: the
+default name gets a number (``..._2.png``) when taken, and an ``--out`` that exists is refused
+(called from Python, ``attack(out=...)`` writes where it is told and says when it replaced a file).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -62,15 +66,43 @@ def default_out(ckpt: str, name: str) -> Path:
     return Path(ckpt).resolve().parent.parent / "analysis" / name
 
 
+def unused(path: Path) -> Path:
+    """``path``, or ``<stem>_2<suffix>``, ``_3``, ... when taken."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+    return candidate
+
+
+def check_prototype(module, prototype: int) -> None:
+    count = module.net.prototype_vectors.shape[0]
+    if not 0 <= prototype < count:
+        raise ValueError(f"--prototype {prototype}: this model has {count} prototypes, 0 to {count - 1}")
+
+
+def check_region(region: tuple[int, int, int, int], size: tuple[int, int]) -> None:
+    """``(y0, y1, x0, x1)`` must be a non-empty box inside the (resized) image."""
+    y0, y1, x0, x1 = region
+    height, width = size
+    if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
+        raise ValueError(f"--region {y0} {y1} {x0} {x1}: must be a box Y0 Y1 X0 X1 with 0 <= Y0 < Y1 <= {height} and "
+                         f"0 <= X0 < X1 <= {width}, in pixels of the image resized to {height}x{width} as the model sees it")
+
+
 def explain(ckpt: str, image: str, top_k: int = 3, out: str | None = None) -> list[dict]:
     checkpoint, module, datamodule = load(ckpt)
     tensor, picture = prepare(datamodule, image)
     rows, figure = local_analysis(module.net, tensor, picture, push_record(checkpoint), module.class_names, top_k)
-    write_png(Path(out) if out else default_out(ckpt, f"explain_{Path(image).stem}.png"), figure)
+    path = write_png(Path(out) if out else default_out(ckpt, f"explain_{Path(image).stem}.png"), figure)
+    print(f"figure: {path}", file=sys.stderr)
     return rows
 
 
 def nearest(ckpt: str, k: int = 5, out: str | None = None) -> dict:
+    if out is not None and Path(out).suffix.lower() != ".json":
+        raise ValueError(f"--out {out}: nearest writes a JSON table (each prototype's nearest training patches); "
+                         "name a .json file")
     _, module, datamodule = load(ckpt)
     found = nearest_patches(module.net, datamodule.eval_dataloader("train"), k)
     records = datamodule.records("train")
@@ -80,7 +112,8 @@ def nearest(ckpt: str, k: int = 5, out: str | None = None) -> dict:
             for d, i, h, w in zip(found["distance"][j], found["image_index"][j], found["h"][j], found["w"][j])]
         for j in range(found["distance"].shape[0])
     }  # fmt: skip
-    write_json(Path(out) if out else default_out(ckpt, "nearest_patches.json"), table)
+    path = write_json(Path(out) if out else default_out(ckpt, "nearest_patches.json"), table)
+    print(f"table: {path}", file=sys.stderr)
     return table
 
 
@@ -94,7 +127,9 @@ def attack(ckpt: str, image: str, prototype: int, region: tuple[int, int, int, i
     raise it at the one cell under the region's centre (``mode="raise"``) or lower it where it
     fires most (``"lower"``), from the clean image."""
     _, module, datamodule = load(ckpt)
+    check_prototype(module, prototype)
     tensor, picture = prepare(datamodule, image)
+    check_region(region, tuple(tensor.shape[-2:]))
     hp = datamodule.hparams
     mask = region_mask(tensor.shape[-2:], region)
     if objective in ("paper", "paper_improved"):
@@ -110,8 +145,11 @@ def attack(ckpt: str, image: str, prototype: int, region: tuple[int, int, int, i
     else:
         raise ValueError(f"objective must be 'paper', 'paper_improved' or 'cell', got {objective!r}")
     attacked = denormalise(result.image, hp.normalize_mean, hp.normalize_std)[0]
-    path = Path(out) if out else default_out(ckpt, f"attack_{Path(image).stem}_p{prototype}_{mode}.png")
+    kind = objective if objective != "cell" else f"cell_{mode}"
+    path = Path(out) if out else unused(default_out(ckpt, f"attack_{Path(image).stem}_p{prototype}_{kind}.png"))
+    replaced = path.exists()  # only an `out` named by the caller (the command line refuses one that exists)
     write_png(path, attack_figure(picture, attacked, result, region))
+    print(f"figure: {path}{' (replaced the earlier one)' if replaced else ''}", file=sys.stderr)
     return result
 
 
@@ -122,11 +160,11 @@ def main(argv=None) -> None:
     p.add_argument("--ckpt", required=True)
     p.add_argument("--image", required=True)
     p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--out")
+    p.add_argument("--out", help="the figure (default: <run>/analysis/explain_<image>.png)")
     p = sub.add_parser("nearest")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--k", type=int, default=5)
-    p.add_argument("--out")
+    p.add_argument("--out", help="the JSON table (default: <run>/analysis/nearest_patches.json)")
     p = sub.add_parser("attack")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--image", required=True)
@@ -141,7 +179,8 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0, help="the random start of the paper objectives")
     p.add_argument("--epsilon", type=float, default=8 / 255, help="L-inf budget in [0, 1] pixel units")
     p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--out")
+    p.add_argument("--out", help="the figure, a new file (default: <run>/analysis/attack_<image>_p<J>_<objective>.png, "
+                                  "numbered when taken)")
     args = parser.parse_args(argv)
     if args.command == "explain":
         for row in explain(args.ckpt, args.image, args.top_k, args.out):
@@ -149,6 +188,9 @@ def main(argv=None) -> None:
     elif args.command == "nearest":
         print(json.dumps(nearest(args.ckpt, args.k, args.out))[:2000])
     else:
+        if args.out and Path(args.out).exists():
+            raise FileExistsError(f"--out {args.out} exists: a new attack figure does not replace an earlier one; "
+                                  "name a new file (or leave --out out: default names are numbered)")
         r = attack(args.ckpt, args.image, args.prototype, tuple(args.region), args.mode, args.epsilon, args.steps,
                    args.out, args.objective, args.seed)  # fmt: skip
         print(f"similarity {r.similarity_before:.3f} -> {r.similarity_after:.3f} at cell {r.cell_after}; "
@@ -156,4 +198,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from datamodules.entry_point import run
+
+    run(main)

@@ -19,7 +19,9 @@ from lightning_modules.modules.loading import CheckpointError, read_checkpoint
 OLD_PUSH = "lightning_modules.callbacks.prototype_push.PrototypePush"  # a trainer callback before it was the module's
 #: Settings a resumed run must share with the run it continues (else its test split changes).
 DATA_IDENTITY = ("dataset", "data_dir", "source_options", "meta_features", "fold", "n_folds", "split_seed",
-                 "min_class_images")  # fmt: skip
+                 "min_class_images", "split", "group_by")  # fmt: skip
+#: What a run saved before a setting existed had, in effect.
+DATA_DEFAULTS = {"split": "folds"}
 
 
 def resumed_run_config(args: Sequence[str]) -> Optional[Path]:
@@ -82,7 +84,8 @@ def older_layout(run_config: Path, base_config: Path) -> list[str]:
 def check_same_data(run_config: Path, config) -> None:
     """Refuse a resume whose data settings differ from the saved run's."""
     saved = (yaml.safe_load(run_config.read_text()) or {}).get("data", {})
-    changed = {k: (saved.get(k), config.data.get(k)) for k in DATA_IDENTITY if saved.get(k) != config.data.get(k)}
+    saved = {k: saved.get(k, DATA_DEFAULTS.get(k)) for k in DATA_IDENTITY}
+    changed = {k: (saved[k], config.data.get(k)) for k in DATA_IDENTITY if saved[k] != config.data.get(k)}
     if changed:
         details = ", ".join(f"data.{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise ValueError(f"--resume: the data differ from the run being resumed ({run_config}): {details}. "

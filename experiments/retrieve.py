@@ -3,13 +3,15 @@
     python -m experiments.retrieve --ckpt runs/abe/<run>/checkpoints/best-epochNNN.ckpt \
         --image path/to/lesion.png [--k 5] [--out neighbours.png]
 
-Prints the neighbours (image id, class, distance) and renders query | neighbours as one PNG.
+Prints the neighbours (image id, class, distance) and renders query | neighbours as one PNG
+(it prints where).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -34,6 +36,8 @@ def embed_training_images(module, datamodule) -> torch.Tensor:
 
 @torch.no_grad()
 def retrieve(ckpt: str, image: str, k: int = 5, out: Optional[str] = None) -> list[dict]:
+    if k < 1:
+        raise ValueError(f"--k {k}: the number of neighbours must be at least 1")
     checkpoint = read_checkpoint(ckpt)
     module = load_module(ckpt)
     if not isinstance(module.net, EmbeddingNet):
@@ -50,6 +54,7 @@ def retrieve(ckpt: str, image: str, k: int = 5, out: Optional[str] = None) -> li
                   for d, i in zip(distances.tolist(), order.tolist())]  # fmt: skip
     out_path = Path(out) if out else Path(ckpt).resolve().parent.parent / f"retrieval_{Path(image).stem}.png"
     render(query_pixels, neighbours, out_path)
+    print(f"figure: {out_path}", file=sys.stderr)
     return neighbours
 
 
@@ -79,4 +84,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from datamodules.entry_point import run
+
+    run(main)

@@ -27,6 +27,20 @@ def is_launcher_process() -> bool:
     return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
+def is_global_zero_process() -> bool:
+    """The process of global rank 0, which locks the run folder (``experiments/run_lock.py``) and
+    removes it after a failure before training. Known before the trainer exists: a worker of
+    Lightning's launcher has ``LOCAL_RANK`` > 0 (and inherits the launcher's other variables);
+    torchrun and SLURM give every process its global rank (``RANK``, ``SLURM_PROCID``); Lightning's
+    launcher on several nodes gives each node's launcher its ``NODE_RANK``."""
+    if not is_launcher_process():
+        return False
+    for name in ("RANK", "SLURM_PROCID"):
+        if name in os.environ:
+            return os.environ[name] == "0"
+    return os.environ.get("NODE_RANK", "0") == "0"
+
+
 def external_job_id() -> Optional[str]:
     """The id all ranks of an externally launched job share, or ``None``. torchrun without
     ``--rdzv-id`` reports ``none`` for every job, which must not name a folder; SLURM steps of one
@@ -80,11 +94,13 @@ def stop_sharing() -> None:
         os.environ.pop(RUN_DIR_ENV, None)
 
 
-def discard_if_unused(run_dir: Optional[Path], created: bool) -> None:
-    """Remove a folder this run created while nothing worth keeping is in it (no checkpoint): a run
-    that failed before training leaves no empty folder behind. Only the launching process does."""
-    if not created or run_dir is None or not run_dir.is_dir():
+def discard_if_unused(run_dir: Optional[Path], created: bool, trained: bool = False) -> None:
+    """Remove a folder this run created when the run failed before training started (``trained``:
+    whether a training step was taken): a bad option or bad data leaves no run folder behind. A run
+    that failed later keeps its folder, whatever it holds (``metrics.csv``, the W&B run, the
+    checkpoints that fitted on a full disk). Only the process of global rank 0 removes it."""
+    if not created or trained or run_dir is None or not run_dir.is_dir():
         return
-    if not is_launcher_process() or any(run_dir.glob("checkpoints/*.ckpt")):
+    if not is_global_zero_process() or any(run_dir.glob("checkpoints/*.ckpt")):
         return
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -19,9 +19,14 @@ from typing import Sequence
 
 import numpy as np
 
+from datamodules.entry_point import UserFacing
 from lightning_modules.utils.atomic_io import write_json
 
 RECORD = "run_args.json"
+
+
+class RunFailed(UserFacing, RuntimeError):
+    """A training run started by a multi-run tool failed; it printed its own error."""
 
 
 def train_once(run_dir: Path, train_args: Sequence[str]) -> dict:
@@ -41,8 +46,13 @@ def train_once(run_dir: Path, train_args: Sequence[str]) -> dict:
         write_json(record, args)
         command = args
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "experiments.train", *command], check=True,
-                   env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    try:
+        subprocess.run([sys.executable, "-m", "experiments.train", *command], check=True,
+                       env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    except subprocess.CalledProcessError as err:
+        raise RunFailed(f"the training run in {run_dir} failed (exit code {err.returncode}); its error is above. "
+                        "Runs that finished are kept: the same command, once the cause is fixed, continues from "
+                        "there") from None
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["wall_seconds"] = metrics.get("wall_seconds", 0.0) + time.perf_counter() - start
     write_json(run_dir / "metrics.json", metrics)

@@ -72,4 +72,6 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from datamodules.entry_point import run
+
+    run(main)

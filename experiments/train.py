@@ -6,7 +6,6 @@ Fits, then tests the best checkpoint once (metrics.json, predictions.csv in the 
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -16,9 +15,12 @@ from pathlib import Path  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
 
+from datamodules.atomic_files import DiskFullError, out_of_space  # noqa: E402
+from datamodules.entry_point import advice_of, advise  # noqa: E402
 from experiments.cli import DermCLI  # noqa: E402
 from experiments.run_folder import stop_sharing  # noqa: E402
 from lightning_modules.callbacks.interruption import ResumableInterruption  # noqa: E402
+from lightning_modules.utils.atomic_io import intact_checkpoints  # noqa: E402
 
 
 def finish_wandb() -> None:
@@ -44,18 +46,32 @@ def main(args=None):
         # schedulers requeue it and scripts notice. A Ctrl-C held through validation ends the
         # same way and exits as Lightning's own Ctrl-C handling does (1).
         held = [c.stopped_by for c in trainer.callbacks if isinstance(c, ResumableInterruption)]
+        end(cli, trainer)
         raise SystemExit(1 if held == ["Ctrl-C"] else 128 + signal.SIGTERM) from err
-    except BaseException:
-        cli.discard_new_run_dir()  # failed before a checkpoint was written: no empty run folder
+    except BaseException as err:
+        end(cli, trainer, failed=True)
+        if out_of_space(err) and not isinstance(err, DiskFullError):  # a writer other than ours (a log file)
+            full = DiskFullError.from_error(err, cli.run_dir)
+            full.strerror += "; " + intact_checkpoints(cli.run_dir / "checkpoints")
+            advise(full, advice_of(err) or "")
+            raise full from err
+        if isinstance(err, DiskFullError) and err.path.suffix != ".ckpt":  # checkpoint writes list them already
+            err.strerror += "; " + intact_checkpoints(cli.run_dir / "checkpoints")
         raise
-    finally:
-        stop_sharing()
-        finish_wandb()
+    end(cli, trainer)
     rank_zero_info(f"finished: {cli.run_dir}")
     sync = wandb_sync_command(cli.run_dir)
     if sync:
         rank_zero_info(f"W&B (offline): upload with `{sync}`")
     return cli.run_dir
+
+
+def end(cli: DermCLI, trainer, failed: bool = False) -> None:
+    """Close the run: W&B first (it writes into the folder), then the folder itself, which a run
+    that failed before its first training step removes (a bad option or bad data, not a run)."""
+    stop_sharing()
+    finish_wandb()
+    cli.end_run(failed=failed, trained=trainer.global_step > 0)
 
 
 def wandb_sync_command(run_dir: Path) -> str:
@@ -66,9 +82,6 @@ def wandb_sync_command(run_dir: Path) -> str:
 
 
 if __name__ == "__main__":
-    from experiments.net_options import ConfigError
+    from datamodules.entry_point import run
 
-    try:
-        main()
-    except ConfigError as err:  # what the user typed: the message, not a traceback
-        sys.exit(f"error: {err}")
+    run(main)

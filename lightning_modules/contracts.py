@@ -11,6 +11,7 @@ the analysis tools check with ``isinstance``. A network that lacks one simply ge
     PrototypeNet      prototypes, their classes, distances and the last layer (ProtoPNet)
 
     PredictsClasses   a module's class_probabilities(image, meta) -> (B, K)
+    ScoresBatches     a module's test_probabilities(batch) -> (B, K), as its test step scores
     ReportsEvaluation a module's evaluation_report(stage): per-class AUROC, confusion matrix, ROC
     EvaluationData    what modules and callbacks may ask of a datamodule
 """
@@ -79,6 +80,15 @@ class PredictsClasses(Protocol):
     class_names: list[str]
 
     def class_probabilities(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class ScoresBatches(Protocol):
+    """A module that scores any batch as its test step does: ``(B, K)`` class probabilities, never
+    temperature-scaled (the test report fits its operating points and temperature on the
+    validation split's)."""
+
+    def test_probabilities(self, batch: dict) -> torch.Tensor: ...
 
 
 @dataclass

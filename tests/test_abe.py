@@ -77,7 +77,7 @@ def test_a_nan_test_metric_is_null_in_metrics_json(tmp_path):
     writer = ResultsWriter(str(tmp_path))
     writer._gathered = {"index": np.arange(4), "probs": np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]),
                         "label": np.array([0, 1, 0, 1])}  # fmt: skip
-    trainer = SimpleNamespace(is_global_zero=True, checkpoint_callback=None, ckpt_path=None, datamodule=None,
+    trainer = SimpleNamespace(is_global_zero=True, checkpoint_callback=None, ckpt_path=None, datamodule=None, loggers=[],
                               default_root_dir=str(tmp_path),
                               callback_metrics={"test/recall@1": torch.tensor(0.5), "test/recall@8": torch.tensor(float("nan"))})  # fmt: skip
     module = SimpleNamespace(class_names=["a", "b"], parameters=lambda: iter([torch.zeros(3)]))

@@ -80,3 +80,41 @@ def test_gpu_bench_skips_without_a_gpu_and_measures_on_the_cpu(capsys, one_threa
     assert push["prototypes"] == 20 and push["same_prototypes_as_reference"] is True
     assert push["after_forward_ms"] > 0 and push["reference_after_forward_ms"] > 0
     assert "push (resnet10t, 20 prototypes, 8 images at 32px, fp32): ours" in capsys.readouterr().out
+
+
+def test_isic2024_bench_generates_the_real_layout_and_measures_each_step(tmp_path, one_thread):
+    """The generated table is a valid ISIC 2024 download (55 columns, every id an HDF5 image, the
+    real proportions); the setup, image and preprocess measurements report what they name."""
+    import csv
+
+    import h5py
+
+    from datamodules.sources import isic2024, read_table
+    from experiments import bench_isic2024 as bench24
+
+    folder = bench24.generate(tmp_path / "data", 2_000, distinct=3)
+    with open(folder / "train-metadata.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == isic2024.TRAIN_COLUMNS and {len(r) for r in rows} == {55} and len(rows) == 2_001
+    assert any("," in r[isic2024.TRAIN_COLUMNS.index("attribution")] for r in rows[1:])  # hospitals with commas, quoted
+    table = read_table("isic2024", folder)
+    assert len(table.records) == 2_000 and sum(r.label for r in table.records) == 10
+    assert any(r.meta["sex"] is None for r in table.records)
+    assert any(r.meta["age_approx"] is None for r in table.records)
+    with h5py.File(folder / "train-image.hdf5", "r") as handle:
+        assert len(handle) == 2_000
+        assert handle["ISIC_0000005"][()] == handle["ISIC_0000002"][()]  # a hard link to one of 3 crops
+    setup = bench24.setup_child(str(folder), {"negatives_per_epoch": 50})
+    assert setup["rows"] == 2_000 and 50 < setup["epoch_samples"] <= 60  # the train split's positives + 50
+    for key in ("read_s", "split_s", "encode_s", "sampler_s", "epoch_keys_s", "full_epoch_sampler_s"):
+        assert 0 <= setup[key] <= setup["setup_s"] + setup["full_epoch_sampler_s"] + setup["epoch_keys_s"], key
+    assert setup["peak_rss_gb"] > 0
+    assert setup["full_epoch_samples"] == setup["train"]
+    rates = bench24.image_rates(tmp_path / "crops", n=4, image_size=32)
+    assert set(rates) == {"hdf5 decode", "jpeg decode", "hdf5 item@32", "jpeg item@32"}
+    assert all(v > 0 for v in rates.values())
+    built = bench24.preprocess_rates(tmp_path, images=3, shape=(64, 48), size=16)
+    assert set(built) == {1, 2}
+    assert all(row["images_per_s"] > 0 and row["cpu_ms_per_image"] > 0 for row in built.values())
+    one, two = (sorted((tmp_path / f"cache-{n}").rglob("*.jpg")) for n in (1, 2))
+    assert [p.read_bytes() for p in one] == [p.read_bytes() for p in two] and len(one) == 3

@@ -67,3 +67,22 @@ def test_compare_tabulates_models_over_seeds(tmp_path, synthetic_cache, monkeypa
     text = (out / "summary.md").read_text()
     assert text.startswith("| model |") and text.count("\n| ") == 2 and "± " in text  # header + two models
     assert (out / "auroc.png").stat().st_size > 0
+    # Intervals per model and the paired difference from the best, from the runs' predictions.csv.
+    best = json.loads((out / "summary.json").read_text())["evaluation"]["best"]
+    other = next(name for name in summary if name != best)
+    low, high = summary[other]["auroc_ci"]
+    assert low <= summary[other]["seed_averaged"]["auroc"] <= high
+    assert summary[other]["vs_best"]["auroc"]["p_holm"] == summary[other]["vs_best"]["auroc"]["p"]  # one test
+    assert "| best |" in text and "Holm" in text
+
+    # make evaluate on two runs' predictions: the paired result, as the library computes it.
+    from experiments import evaluate
+    from lightning_modules.evaluation import compare as compare_files
+    from lightning_modules.evaluation import read_predictions
+
+    a, b = (out / f"metablock-s{s}" / "predictions.csv" for s in (1, 2))
+    result = json.loads((evaluate.main([str(a), str(b), "--n-boot", "300"]) / "evaluation.json").read_text())
+    assert result["comparison"] == json.loads(json.dumps(compare_files(read_predictions(a), read_predictions(b),
+                                                                       n_boot=300)))
+    assert result["comparison"]["images"]["only_in_a"] == 0 and set(result["comparison"]["delong_per_class"]) == {
+        "ACK", "BCC", "MEL", "NEV", "SCC", "SEK"}

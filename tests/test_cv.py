@@ -36,6 +36,15 @@ def test_cv_trains_each_fold_once_and_tabulates(tmp_path, synthetic_cache, monke
     assert sorted(r["image_id"] for r in rows) == sorted(r.image_id for r in everything)  # each image once
     assert summary["out_of_fold"]["n_images"] == len(everything)
     assert "| **mean ± std** |" in (out / "summary.md").read_text()
+    # The pooled out-of-fold estimate with its patient-bootstrap interval, from files that carry
+    # each image's group and metadata, and operating points from the folds' validation predictions.
+    pooled = summary["out_of_fold"]
+    low, high = pooled["auroc_ci"]
+    assert low <= pooled["auroc"] <= high and pooled["n_groups"] == len({r.group for r in everything})
+    assert {"group", "fitspatrick", "age"} <= set(rows[0]) and (out / "oof_val_predictions.csv").is_file()
+    assert pooled["calibration"]["temperature_scaling"]["fitted_on"] == "val"
+    assert "| **pooled out-of-fold [95 % CI]** |" in (out / "summary.md").read_text()
+    assert (out / "subgroups.csv").is_file() and (out / "subgroups.md").is_file()
     config = (out / "fold3" / "config.yaml").read_text()
     assert "fold: 3" in config and "wandb_group: metablock-cv-first" in config and "wandb_job_type: cv" in config
 

@@ -15,11 +15,13 @@ import pytest
 import torch
 import yaml
 
+from experiments import registry
 from experiments.train import main as train
 from tests.conftest import SMALL_SYNTHETIC
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted(p for p in (REPO / "experiments").glob("*.yaml") if p.name != "base.yaml")
+# Every experiment config, as the registry lists them (experiments/registry.yaml).
+EXPERIMENTS = sorted(REPO / "experiments" / f"{name}.yaml" for name in registry.experiments())
 
 
 def quick_args(config: Path, run_root: Path, synthetic_cache: Path, *extra: str) -> list[str]:
@@ -39,10 +41,20 @@ def quick_args(config: Path, run_root: Path, synthetic_cache: Path, *extra: str)
 
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
 def test_fast_dev_run_every_experiment(config, tmp_path, synthetic_cache):
-    run_dir = train(quick_args(config, tmp_path, synthetic_cache, "--trainer.fast_dev_run=true"))
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    """Every experiment (ABE-M's k-NN probabilities too) gets the evaluation report, even on one
+    test batch that lacks classes; its predictions file reads back."""
+    from lightning_modules.evaluation import REPORT_KEYS, read_predictions
+
+    run_dir = train(quick_args(config, tmp_path, synthetic_cache, "--trainer.fast_dev_run=true", "--eval.n_boot=50"))
+    metrics = json.loads((run_dir / "metrics.json").read_text(), parse_constant=reject_constant)
     assert 0.0 <= metrics["test"]["auroc"] <= 1.0
-    assert (run_dir / "predictions.csv").is_file()
+    assert set(REPORT_KEYS) <= set(metrics["test"])
+    assert len(read_predictions(run_dir / "predictions.csv")) == metrics["test"]["n_images"]
+    assert len(read_predictions(run_dir / "val_predictions.csv")) == 16  # fast_dev_run: one validation batch
+
+
+def reject_constant(name: str):
+    raise ValueError(f"metrics.json holds {name}: not valid JSON")
 
 
 def test_a_partial_test_split_scores_only_the_classes_it_has(tmp_path, synthetic_cache):
@@ -66,13 +78,16 @@ def short_run(tmp_path_factory, synthetic_cache):
     run_dir = train(quick_args(
         REPO / "experiments" / "metablock.yaml", root, synthetic_cache,
         "--trainer.max_epochs=2", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=3",
+        "--calibrate=temperature", "--eval.positive=[MEL, BCC, SCC]", "--eval.age_bands=[40, 60]",
+        "--eval.n_boot=500",
     ))  # fmt: skip
     return run_dir
 
 
 def test_run_folder_layout(short_run):
-    for name in ("config.yaml", "metrics.csv", "metrics.json", "predictions.csv", "test_confusion_matrix.png",
-                 "test_roc.png", "checkpoints/last.ckpt"):
+    for name in ("config.yaml", "metrics.csv", "metrics.json", "predictions.csv", "val_predictions.csv",
+                 "subgroups.csv", "subgroups.md", "test_confusion_matrix.png", "test_roc.png",
+                 "test_reliability.png", "checkpoints/last.ckpt"):
         assert (short_run / name).is_file(), name
     assert len(list((short_run / "checkpoints").glob("best-epoch*.ckpt"))) == 1
     assert short_run.parent.name == "metablock"
@@ -112,6 +127,80 @@ def test_metrics_json_and_predictions_agree(short_run):
     assert np.array_equal(recomputed, matrix)
 
 
+def test_metrics_json_holds_the_evaluation_report(short_run, tmp_path):
+    """The report's fixed keys, strict JSON; the predictions files carry group and subgroup metadata
+    and read back; ``make evaluate`` on the run's file (its validation file and options found beside
+    it) gives the same report; subgroups.csv has a row per value of each field."""
+    from experiments import evaluate
+    from lightning_modules.evaluation import REPORT_KEYS, read_predictions
+
+    metrics = json.loads((short_run / "metrics.json").read_text(), parse_constant=reject_constant)
+    test = metrics["test"]
+    assert set(REPORT_KEYS) <= set(test)
+    assert metrics["evaluation"] == {"subgroups": ["fitspatrick", "gender", "age", "region"], "age_bands": [40.0, 60.0],
+                                     "positive": ["MEL", "BCC", "SCC"], "n_boot": 500, "seed": 0,
+                                     "calibrate": "temperature", "val_images": 48}  # three batches of 16
+    for key in ("auroc", "bacc", "acc"):
+        low, high = test[f"{key}_ci"]
+        assert low <= test[key] <= high
+    assert "500 resamples" in test["ci_method"]["bootstrap"] and "groups (patients" in test["ci_method"]["bootstrap"]
+    chosen = [r for r in test["operating_points"] if r["chosen_on"] == "val" and r["positive"] == "MEL+BCC+SCC"]
+    assert [r["target_sensitivity"] for r in chosen] == [0.8, 0.9, 0.95]
+    assert test["subgroups"]["file"] == "subgroups.csv" and "rows" not in test["subgroups"]
+
+    predictions = read_predictions(short_run / "predictions.csv")
+    assert list(predictions.metadata) == ["fitspatrick", "gender", "age", "region"]
+    assert all(g.startswith("patient:") for g in predictions.groups)
+    assert test["n_groups"] == len(set(predictions.groups))
+    val = read_predictions(short_run / "val_predictions.csv")
+    assert len(val) == 48 and not set(val.image_ids) & set(predictions.image_ids)
+    with open(short_run / "subgroups.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    expected = []
+    for field in predictions.metadata:
+        values = predictions.metadata[field]
+        if field == "age":
+            values = [None if v is None else "<40" if float(v) < 40 else "40-59" if float(v) < 60 else ">=60"
+                      for v in values]
+        present = {v for v in values if v is not None}
+        numeric = lambda v: (0, float(v), v) if v.replace(".", "", 1).isdigit() else (1, 0.0, v)  # noqa: E731
+        order = ["<40", "40-59", ">=60"] if field == "age" else sorted(present, key=numeric)
+        expected += [(field, v) for v in order if v in present] + ([(field, "<missing>")] if None in values else [])
+    assert [(r["field"], r["value"]) for r in rows] == expected
+    assert sum(int(r["images"]) for r in rows if r["field"] == "gender") == test["n_images"]
+
+    out = evaluate.main([str(short_run / "predictions.csv"), "--out", str(tmp_path / "again")])
+    again = json.loads((out / "evaluation.json").read_text())["a"]["report"]
+    for key in REPORT_KEYS:
+        if key in ("auroc", "bacc", "acc", "auroc_per_class", "subgroups"):
+            continue  # metrics.json keeps today's (torchmetrics) scores under these names; subgroups: the file
+        reported = test[key]["temperature_scaling"] if key == "calibration" else test[key]
+        recomputed = again[key]["temperature_scaling"] if key == "calibration" else again[key]
+        assert recomputed == pytest.approx(reported, abs=2e-6) if isinstance(reported, float) else True, key
+    assert again["auroc_ci"] == pytest.approx(test["auroc_ci"], abs=2e-6)  # 6-decimal probabilities in the file
+    assert again["auroc"] == pytest.approx(test["auroc"], abs=1e-5)
+
+
+def test_calibration_is_stored_in_the_tested_checkpoint(short_run):
+    """--calibrate=temperature: the temperature the report fitted on the validation split is stored
+    in the tested checkpoint (weights-only), not in last.ckpt, and a module loaded from it predicts
+    with it (test_predict_a_folder_of_new_images checks predict's softmax(logits / T))."""
+    from lightning_modules.modules.loading import load_module, read_checkpoint
+
+    metrics = json.loads((short_run / "metrics.json").read_text())
+    scaling = metrics["test"]["calibration"]["temperature_scaling"]
+    stored = metrics["test"]["calibration"]["stored"]
+    best = Path(metrics["checkpoint"]["tested"])
+    assert stored["checkpoint"] == str(best) and stored["temperature"] == scaling["temperature"]
+    assert stored["val_images"] == 48 and stored["fitted_on"] == "val"
+    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+    assert checkpoint["calibration"]["temperature"] == scaling["temperature"] and checkpoint["state_dict"]
+    assert "calibration" not in read_checkpoint(short_run / "checkpoints" / "last.ckpt")
+    assert scaling["ece_after"] != scaling["ece_before"]
+    assert load_module(best).temperature == scaling["temperature"]
+    assert load_module(short_run / "checkpoints" / "last.ckpt").temperature == 1.0
+
+
 def test_metrics_csv_has_each_epoch(short_run):
     with open(short_run / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -146,6 +235,12 @@ def test_wandb_offline_run_has_interactive_panels(short_run):
     with open(short_run / "predictions.csv") as handle:
         first = next(csv.DictReader(handle))
     assert predictions["data"][0][0] == first["image_id"] and predictions["data"][0][5].startswith("patient:")
+    (subgroups,) = read("test/subgroups_*.table.json")  # the evaluation report's tables and diagram
+    with open(short_run / "subgroups.csv") as handle:
+        assert subgroups["columns"] == next(csv.reader(handle)) and len(subgroups["data"]) == sum(1 for _ in handle)
+    (points,) = read("test/operating_points_*.table.json")
+    assert len(points["data"]) == len(test["operating_points"])
+    assert list((tables.parent / "images" / "test").glob("reliability*.png"))
 
 
 def test_checkpoint_is_weights_only_and_carries_the_encoder(short_run):
@@ -191,7 +286,8 @@ def test_predict_reproduces_test_predictions(short_run, tmp_path):
     from experiments.predict import predict
 
     best = next((short_run / "checkpoints").glob("best-epoch*.ckpt"))
-    out = predict(str(best), split="test", out=str(tmp_path / "p.csv"), num_workers=0, accelerator="cpu")
+    out = predict(str(best), split="test", out=str(tmp_path / "p.csv"), num_workers=0, accelerator="cpu",
+                  calibrated=False)  # the run's predictions.csv holds the uncalibrated probabilities
     read = lambda p: {r["image_id"]: r for r in csv.DictReader(open(p))}  # noqa: E731
     fresh, logged = read(out), read(short_run / "predictions.csv")
     assert fresh.keys() == logged.keys()
@@ -199,6 +295,8 @@ def test_predict_reproduces_test_predictions(short_run, tmp_path):
         for key, value in row.items():
             if key.startswith("prob_"):
                 assert float(fresh[image_id][key]) == pytest.approx(float(value), abs=1e-5)
+            else:  # label, prediction, group and the subgroup metadata: the same columns
+                assert fresh[image_id][key] == value, key
 
 
 def test_predict_a_folder_of_new_images(short_run, tmp_path):
@@ -236,8 +334,9 @@ def test_predict_a_folder_of_new_images(short_run, tmp_path):
     images = torch.stack([transform(image=load_rgb(folder / f"visit{k}.png"))["image"] for k in range(3)])
     meta = torch.from_numpy(np.stack([encoder.encode({})] * 3))
     assert meta[:, encoder.feature_names.index("age=<missing>")].eq(1).all()
+    assert module.temperature != 1.0  # the run was calibrated: predict divides the logits by it
     with torch.no_grad():
-        expected = module(images, meta).softmax(1).numpy()
+        expected = (module(images, meta) / module.temperature).softmax(1).numpy()
     names = module.class_names
     got = np.array([[float(r[f"prob_{n}"]) for n in names] for r in rows])
     assert np.allclose(got, expected, atol=1e-5)

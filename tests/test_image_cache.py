@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -236,7 +237,7 @@ def test_preprocess_cli(tmp_path, capsys):
     out = capsys.readouterr()
     folder = Path(out.out.strip().splitlines()[-1])
     assert folder.parent == root / "resized" and folder.name.endswith("-20")
-    assert "6/6 images" in out.err and "cached 6 images at 20 px (jpeg) in" in out.err
+    assert "6/6" in out.err and "cached 6 images at 20 px (jpeg, " in out.err
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["size"] == 20 and len(manifest["files"]) == 6
     entry = next(iter(manifest["files"].values()))
@@ -293,3 +294,45 @@ def test_stale_synthetic_cache_names_the_generator_root_and_options(synthetic_ca
     with pytest.raises(DatasetError, match="written by cache version 1") as err:
         _ = synthetic_dm(synthetic_cache, True).table
     assert f"Re-run `{preprocess_command(build)}` to rebuild it" in str(err.value)
+
+
+def test_cache_is_byte_identical_whatever_the_number_of_workers(synthetic_cache, tmp_path, one_thread):
+    """Images and masks encoded by 1 or 2 worker processes: the same files, byte for byte, and
+    the same manifest entries in the same (record) order."""
+    table = synthetic_table(synthetic_cache)
+    table = replace(table, records=table.records[:24])
+    seen, names = [], []
+    folders = [image_cache.build_cache(table, 24, tmp_path / f"w{n}", workers=n,
+                                       progress=lambda done, total: seen.append((done, total))) for n in (1, 2)]
+    files = []
+    for folder in folders:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        names.append(list(manifest["files"]))
+        files.append({entry["cached"]: (folder / entry["cached"]).read_bytes() for entry in manifest["files"].values()})
+    assert names[0] == names[1] and len(names[0]) == 48  # 24 images and their masks
+    assert files[0] == files[1]
+    assert seen.count((24, 24)) == 2  # progress reaches the total once in each build
+
+
+def test_an_interrupted_parallel_build_leaves_no_manifest(tmp_path, cache_root):
+    """A worker's error stops the build: no manifest, so the partial folder is never used; the
+    error names the file and its line."""
+    fake = write_isic2020(tmp_path / "isic", n=8)
+    bad = fake.images[fake.rows[5]["image_name"]]
+    bad.write_bytes(b"not a jpeg")
+    table = read_table("isic2020", fake.root)
+    with pytest.raises(DatasetError, match=f"cannot read image {re.escape(str(bad))} \\(listed on line 7\\)"):
+        image_cache.build_cache(table, 16, cache_root, workers=2)
+    folder = image_cache.cache_dir(table, 16, cache_root)
+    assert folder.is_dir() and not (folder / "manifest.json").exists()
+    assert image_cache.find_cache(table, 16, cache_root) is None
+
+
+def test_preprocess_workers_option(tmp_path, capsys):
+    fake = write_pad_ufes20(tmp_path / "pad", n=4)
+    assert preprocess_main(["--dataset", "pad_ufes20", "--data-dir", str(fake.root), "--size", "20",
+                            "--cache-root", str(tmp_path / "c"), "--workers", "2"]) == 0
+    assert "cached 4 images at 20 px (jpeg, 2 workers) in" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        preprocess_main(["--dataset", "pad_ufes20", "--data-dir", str(fake.root), "--workers", "0"])
+    assert "--workers must be at least 1, got 0" in capsys.readouterr().err

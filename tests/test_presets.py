@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+import dataset_writers as w
 from experiments.train import main as train
 from tests.test_experiments import REPO, quick_args
 
@@ -19,6 +20,9 @@ def test_every_paper_preset_runs_one_batch(config, tmp_path, synthetic_cache):
              "--data.batch_size=8"]  # fmt: skip
     if "abe" in config.stem:
         extra.append("--data.pk_batches=[6, 2]")  # the synthetic data has 6 classes
+    if config.stem == "attnmel_paper":  # the paper's data, split and task, as the preset names them
+        w.write_isic2017(tmp_path / "isic2017")
+        extra = [*extra[1:], f"--data.data_dir={tmp_path / 'isic2017'}", '--data.source_options={"task": "melanoma"}']
     header = config.read_text().splitlines()[:12]
     assert any("reported" in line for line in header) and any("not run to completion" in line for line in header)
     run_dir = train(quick_args(config, tmp_path, synthetic_cache, *extra))

@@ -107,6 +107,32 @@ def test_local_and_global_analysis_and_attack(protopnet_run, tmp_path, synthetic
     assert (tmp_path / "attack.png").stat().st_size > 0
 
 
+def test_analysis_refuses_what_it_cannot_do_and_never_replaces_a_figure(protopnet_run, synthetic_cache, tmp_path,
+                                                                       capsys):
+    from datamodules.lesion_datamodule import LesionDataModule
+    from experiments import prototypes
+
+    best = str(next((protopnet_run / "checkpoints").glob("best-*.ckpt")))
+    image = LesionDataModule(data_dir=str(synthetic_cache), source_options=SMALL_SYNTHETIC).records("test")[1].image_path
+    with pytest.raises(ValueError, match=r"--prototype 999: this model has 18 prototypes, 0 to 17"):
+        prototypes.attack(best, str(image), prototype=999, region=(0, 16, 0, 16), steps=1)
+    with pytest.raises(ValueError, match=r"--region 40 60 0 16: must be a box .* <= 48 and 0 <= X0 < X1 <= 48"):
+        prototypes.attack(best, str(image), prototype=0, region=(40, 60, 0, 16), steps=1)
+    with pytest.raises(ValueError, match="nearest writes a JSON table"):
+        prototypes.nearest(best, k=1, out=str(tmp_path / "nearest.png"))
+
+    capsys.readouterr()
+    for _ in range(2):
+        prototypes.attack(best, str(image), prototype=1, region=(0, 16, 0, 16), steps=1)
+    analysis = protopnet_run / "analysis"
+    first, second = analysis / f"attack_{image.stem}_p1_paper.png", analysis / f"attack_{image.stem}_p1_paper_2.png"
+    assert sorted(analysis.glob(f"attack_{image.stem}_p1_*.png")) == [first, second]
+    assert capsys.readouterr().err.splitlines()[-2:] == [f"figure: {first}", f"figure: {second}"]
+    with pytest.raises(FileExistsError, match=f"--out {first} exists"):
+        prototypes.main(["attack", "--ckpt", best, "--image", str(image), "--prototype", "1",
+                         "--region", "0", "16", "0", "16", "--out", str(first)])  # fmt: skip
+
+
 def test_class_agnostic_protopnet_trains_and_pushes(tmp_path, synthetic_cache):
     """``class_specific=False`` (the reference code crashes there): any class's patch may be taken."""
     run_dir = train(quick_args(REPO / "experiments" / "protopnet.yaml", tmp_path, synthetic_cache,

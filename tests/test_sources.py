@@ -24,7 +24,8 @@ def expected_category(raw: str):
 
 
 def test_reader_registry():
-    assert set(READERS) == {"pad_ufes20", "isic2019", "isic2020", "ham10000"}
+    assert set(READERS) == {"pad_ufes20", "isic2019", "isic2020", "ham10000", "isic2017", "ph2", "derm7pt", "ddi",
+                            "fitzpatrick17k", "isic2024"}
     assert DATASETS[0] == "synthetic" and set(DATASETS[1:]) == set(READERS)
 
 

@@ -11,19 +11,30 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from datamodules.records import DatasetError, LesionTable
-from datamodules.sources import ham10000, isic2019, isic2020, pad_ufes20
+from datamodules.sources import ham10000, isic2019, isic2020, isic2024, pad_ufes20
+from datamodules.sources import ddi, derm7pt, fitzpatrick17k, isic2017, ph2
 
 READERS: dict[str, Callable[..., LesionTable]] = {
     "pad_ufes20": pad_ufes20.read,
     "isic2019": isic2019.read,
     "isic2020": isic2020.read,
     "ham10000": ham10000.read,
+    "isic2017": isic2017.read,
+    "ph2": ph2.read,
+    "derm7pt": derm7pt.read,
+    "ddi": ddi.read,
+    "fitzpatrick17k": fitzpatrick17k.read,
+    "isic2024": isic2024.read,
 }
 DATASETS = ["synthetic", *READERS]
+#: Datasets that ship their own train / validation / test split (``--data.split=official``); their
+#: records carry it as ``official_split``.
+OFFICIAL_SPLITS = ("isic2017", "derm7pt")
 #: Datasets that ship an unlabeled (challenge) test set, and its reader.
 UNLABELED_READERS: dict[str, Callable[[Optional[str | Path]], LesionTable]] = {
     "isic2019": isic2019.read_unlabeled,
     "isic2020": isic2020.read_unlabeled,
+    "isic2024": isic2024.read_unlabeled,
 }
 
 

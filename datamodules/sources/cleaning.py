@@ -35,7 +35,7 @@ def verify_images(table: LesionTable) -> None:
     bad = []
     for record in table.records:
         try:
-            load_rgb(record.image_path, table.dataset, record.line)
+            load_rgb(record.image_path, table.dataset, record.line, key=record.image_key)
         except DatasetError as err:
             bad.append(str(err))
     if bad:

@@ -1,4 +1,5 @@
-"""HAM10000: ``HAM10000_metadata.csv`` + images split over ``HAM10000_images_part1/2``.
+"""HAM10000: ``HAM10000_metadata.csv`` + images split over ``HAM10000_images_part1/2``, and the
+lesion masks (``HAM10000_segmentations_lesion_tschandl/``) when they were downloaded too.
 
 Several images show the same lesion, so splits group by ``lesion_id``. ``dx_type`` (how the
 diagnosis was confirmed) is deliberately not a feature: it leaks the label (histopathology is
@@ -21,6 +22,11 @@ LOCALIZATIONS = [
 NUMERIC = ["age"]
 CATEGORICAL = {"sex": ["male", "female"], "localization": LOCALIZATIONS}
 DEFAULT_FEATURES = ["age", "sex", "localization"]
+SUBGROUP_FIELDS = ["sex", "age", "localization"]
+REFUSED = {"dx_type": "how the diagnosis was confirmed: histopathology is far more common for malignant lesions, "
+                      "so it gives the label away"}
+#: The published segmentations (Tschandl et al.), one ``<image_id>_segmentation.png`` per image.
+MASK_FOLDERS = ["HAM10000_segmentations_lesion_tschandl"]
 IMAGE_FOLDERS = [
     "HAM10000_images_part1", "HAM10000_images_part2", "HAM10000_images_part_1",
     "HAM10000_images_part_2", "HAM10000_images", "images",
@@ -38,8 +44,9 @@ def read(data_dir: str | Path) -> LesionTable:
     meta = reading.parse_metadata(DATASET, csv_path, frame, NUMERIC, CATEGORICAL)
     image_ids = [v.strip() for v in frame["image_id"].tolist()]
     paths = reading.ImageIndex(DATASET, root, IMAGE_FOLDERS).resolve_all(csv_path, image_ids)
+    masks = reading.mask_paths(DATASET, root, MASK_FOLDERS, csv_path, [f"{i}_segmentation" for i in image_ids])
     groups = [f"lesion:{g.strip()}" for g in frame["lesion_id"].tolist()]
-    records = reading.make_records(image_ids, paths, labels, groups, meta)
+    records = reading.make_records(image_ids, paths, labels, groups, meta, masks)
     return LesionTable(
         dataset=DATASET,
         csv_path=csv_path,
@@ -48,4 +55,6 @@ def read(data_dir: str | Path) -> LesionTable:
         numeric_columns=list(NUMERIC),
         categorical_columns=list(CATEGORICAL),
         default_features=list(DEFAULT_FEATURES),
+        refused_features=dict(REFUSED),
+        subgroup_fields=list(SUBGROUP_FIELDS),
     )

@@ -22,6 +22,7 @@ SITES = [
 NUMERIC = ["age_approx"]
 CATEGORICAL = {"anatom_site_general": SITES, "sex": ["male", "female"]}
 DEFAULT_FEATURES = ["age_approx", "anatom_site_general", "sex"]
+SUBGROUP_FIELDS = ["sex", "age_approx", "anatom_site_general"]
 IMAGE_FOLDERS = ["ISIC_2019_Training_Input", "images"]
 #: The challenge test set: metadata without ``lesion_id`` and no ground truth.
 TEST_METADATA = "ISIC_2019_Test_Metadata.csv"
@@ -36,22 +37,13 @@ def read(data_dir: str | Path) -> LesionTable:
     meta_frame = reading.read_csv(DATASET, meta_path, ["image", "age_approx", "anatom_site_general", "sex"])
     reading.check_nonblank(DATASET, gt_path, truth, "image")
     reading.check_unique(DATASET, gt_path, truth, "image")
-    reading.check_unique(DATASET, meta_path, meta_frame, "image")
 
     labels = _one_hot_labels(gt_path, truth)
-    by_image = {name.strip(): i for i, name in enumerate(meta_frame["image"].tolist())}
-    unmatched = [(reading.line_of(i), n) for i, n in enumerate(truth["image"].tolist()) if n.strip() not in by_image]
-    if unmatched:
-        shown = ", ".join(f"{n} (line {line})" for line, n in unmatched[:10])
-        raise DatasetError(f"{DATASET}: {len(unmatched)} image(s) of {gt_path} have no row in {meta_path}: {shown}")
-    # Parse in the metadata file's own order (errors then name its real line numbers), then align.
-    parsed = reading.parse_metadata(DATASET, meta_path, meta_frame, NUMERIC, CATEGORICAL)
-    order = [by_image[n.strip()] for n in truth["image"].tolist()]
-    meta = [parsed[i] for i in order]
-    aligned = meta_frame.iloc[order].reset_index(drop=True)
     image_ids = [n.strip() for n in truth["image"].tolist()]
+    meta = reading.metadata_by_id(DATASET, gt_path, image_ids, meta_path, meta_frame, "image", NUMERIC, CATEGORICAL)
     paths = reading.ImageIndex(DATASET, root, IMAGE_FOLDERS).resolve_all(gt_path, image_ids)
-    lesion_ids = aligned["lesion_id"].tolist() if "lesion_id" in aligned.columns else [""] * len(aligned)
+    lesion_of = dict(zip((n.strip() for n in meta_frame["image"]), meta_frame.get("lesion_id", [""] * len(meta_frame))))
+    lesion_ids = [lesion_of[image_id] for image_id in image_ids]
     groups = [
         f"lesion:{lesion.strip()}" if lesion.strip() else f"image:{image_id}"
         for image_id, lesion in zip(image_ids, lesion_ids)
@@ -65,6 +57,7 @@ def read(data_dir: str | Path) -> LesionTable:
         numeric_columns=list(NUMERIC),
         categorical_columns=list(CATEGORICAL),
         default_features=list(DEFAULT_FEATURES),
+        subgroup_fields=list(SUBGROUP_FIELDS),
     )
 
 

@@ -21,6 +21,8 @@ SITES = ["head/neck", "upper extremity", "lower extremity", "torso", "palms/sole
 NUMERIC = ["age_approx"]
 CATEGORICAL = {"anatom_site_general_challenge": SITES, "sex": ["male", "female"]}
 DEFAULT_FEATURES = ["age_approx", "anatom_site_general_challenge", "sex"]
+SUBGROUP_FIELDS = ["sex", "age_approx", "anatom_site_general_challenge"]
+REFUSED = {column: "it is the label in words" for column in ("diagnosis", "benign_malignant")}
 IMAGE_FOLDERS = ["jpeg/train", "train", "images"]
 TEST_IMAGE_FOLDERS = ["jpeg/test", "test"]
 
@@ -56,6 +58,8 @@ def read(data_dir: str | Path, task: str = "target") -> LesionTable:
         numeric_columns=list(NUMERIC),
         categorical_columns=list(CATEGORICAL),
         default_features=list(DEFAULT_FEATURES),
+        refused_features=dict(REFUSED),
+        subgroup_fields=list(SUBGROUP_FIELDS),
     )
 
 

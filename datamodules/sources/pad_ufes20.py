@@ -47,6 +47,8 @@ CATEGORICAL: dict[str, Optional[list[str]]] = {
 DEFAULT_FEATURES = [
     "age", "gender", "skin_cancer_history", "cancer_history", "fitspatrick", "region", *QUESTIONS,
 ]  # fmt: skip
+#: What the evaluation report breaks results down by: skin type, sex, age, body region.
+SUBGROUP_FIELDS = ["fitspatrick", "gender", "age", "region"]
 IMAGE_FOLDERS = ["images", "imgs_part_1", "imgs_part_2", "imgs_part_3"]
 REQUIRED = ["patient_id", "lesion_id", "img_id", "diagnostic"]
 
@@ -63,7 +65,8 @@ def read(data_dir: str | Path, mask_folder: Optional[str] = None) -> LesionTable
     meta = reading.parse_metadata(DATASET, csv_path, frame, NUMERIC, CATEGORICAL)
     image_ids = [v.strip() for v in frame["img_id"].tolist()]
     paths = reading.ImageIndex(DATASET, root, IMAGE_FOLDERS).resolve_all(csv_path, image_ids)
-    masks = _mask_paths(root, mask_folder, csv_path, image_ids)
+    masks = (reading.mask_paths(DATASET, root, [mask_folder], csv_path, image_ids, required=True)
+             if mask_folder is not None else None)
     groups = [f"patient:{p.strip()}" for p in frame["patient_id"].tolist()]
     records = reading.make_records(image_ids, paths, labels, groups, meta, masks)
     present = [c for c in NUMERIC if c in frame.columns], [c for c in CATEGORICAL if c in frame.columns]
@@ -75,11 +78,7 @@ def read(data_dir: str | Path, mask_folder: Optional[str] = None) -> LesionTable
         numeric_columns=present[0],
         categorical_columns=present[1],
         default_features=list(DEFAULT_FEATURES),
+        refused_features={"biopsed": "every cancer in the dataset is biopsied, so it gives the label away"},
+        subgroup_fields=[c for c in SUBGROUP_FIELDS if c in present[0] + present[1]],
     )
 
-
-def _mask_paths(root: Path, mask_folder: Optional[str], csv_path: Path, image_ids: list[str]):
-    if mask_folder is None:
-        return [None] * len(image_ids)
-    index = reading.ImageIndex(DATASET, root, [mask_folder])
-    return index.resolve_all(csv_path, image_ids)

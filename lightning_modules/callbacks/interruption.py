@@ -24,6 +24,21 @@ A second Ctrl-C, or an error, inside validation or the sanity check stops at onc
 ``interrupted.ckpt`` is written then (it could not be resumed correctly) and the message points
 at ``last.ckpt``, which loses that one epoch, or says to start again when there is none.
 
+Errors that a resume cannot cross get no checkpoint and no resume command: a run that failed
+before its first training step (bad data, a bad option: the entry point removes its new run
+folder), and a diverged run (:class:`~lightning_modules.errors.NonFiniteError`: the resumed run
+would diverge again). A full disk gets no ``interrupted.ckpt`` (it would not fit) but the
+command that resumes from ``last.ckpt`` once there is space. An error in the test after training
+gets no checkpoint either (``last.ckpt`` and the best one stand): resuming from ``last.ckpt``
+only runs the test again. The resume command of an error is
+attached to it (:func:`~lightning_modules.errors.advise`) for the entry point to print after the
+error's own line; an interruption by a signal prints it here.
+
+It is a plain :class:`~lightning.pytorch.callbacks.Checkpoint`, not Lightning's
+``OnExceptionCheckpoint``: Lightning turns ``fit(ckpt_path=None)`` into ``ckpt_path="last"`` when
+an ``OnExceptionCheckpoint`` is present, so a fresh run would look for a checkpoint to resume
+from (and warn twice that it found none); a run here resumes only from the ``--resume`` it is given.
+
 What this callback changes besides writing a checkpoint: it replaces the SIGTERM and SIGINT
 handlers while it holds signals, and it stops the run (through Lightning's SIGTERM flag after an
 epoch's validation; by raising ``SIGTERMException`` after the sanity check).
@@ -38,20 +53,25 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
-from lightning.pytorch.callbacks import OnExceptionCheckpoint
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from datamodules.atomic_files import out_of_space
 from lightning_modules.callbacks.run_context import UsesRunContext
+from lightning_modules.errors import NonFiniteError, advise
 from lightning_modules.lightning_compat import set_received_sigterm
 
 
-class ResumableInterruption(UsesRunContext, OnExceptionCheckpoint):
+class ResumableInterruption(UsesRunContext, Checkpoint):
+    FILE_EXTENSION = ".ckpt"
+
     def __init__(self, dirpath: Optional[str] = None, resume_command: Optional[str] = None):
         """``dirpath``: where ``interrupted.ckpt`` goes; default: ``checkpoints/`` in the
         :class:`RunContext`'s run folder (or the working directory). ``resume_command``: how to
         resume, with ``{ckpt}`` for the checkpoint's path; default: the :class:`RunContext`'s."""
-        super().__init__(dirpath=dirpath, filename="interrupted")
+        super().__init__()
+        self.dirpath, self.filename = dirpath, "interrupted"
         self._resume_command = resume_command
         self.stopped_by: str | None = None  # "SIGTERM" or "Ctrl-C" once a held signal stops the run
         self._held: list[str] = []
@@ -65,9 +85,12 @@ class ResumableInterruption(UsesRunContext, OnExceptionCheckpoint):
 
     @property
     def ckpt_path(self) -> str:
-        # Lightning reads it as `fit` starts, before any hook could show the trainer's folder.
         folder = self.dirpath or os.path.join(self.run_context.dir or os.getcwd(), "checkpoints")
         return os.path.join(folder, self.filename + self.FILE_EXTENSION)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # A run that went on to finish no longer needs its interrupted state (as OnExceptionCheckpoint does).
+        trainer.strategy.remove_checkpoint(self.ckpt_path)
 
     # -- signals held through an epoch's validation and through the sanity check ----------------
 
@@ -148,19 +171,51 @@ class ResumableInterruption(UsesRunContext, OnExceptionCheckpoint):
     # -- the checkpoint and the message ---------------------------------------------------------
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        what = "SIGTERM" if type(exception).__name__ == "SIGTERMException" else type(exception).__name__
+        signalled = self.stopped_by is not None or isinstance(exception, (SIGTERMException, KeyboardInterrupt))
+        what = "SIGTERM" if isinstance(exception, SIGTERMException) else type(exception).__name__
         what = self.stopped_by or what
+        last = Path(self.ckpt_path).parent / "last.ckpt"
+        from_last = (f"resume from the previous epoch's end with: {self.resume_command.format(ckpt=last)}"
+                     if last.exists() else "")  # fmt: skip
+        if not signalled and not self._resumable(trainer, exception):
+            self._release_signals()
+            if trainer.is_global_zero and not isinstance(exception, NonFiniteError):
+                space = "free some space, then " if out_of_space(exception) else ""
+                if trainer.state.fn == TrainerFn.TESTING and last.exists():
+                    advise(exception, f"{space}test again with: {self.resume_command.format(ckpt=last)} "
+                                      "(training is over: the resumed run only tests)")
+                elif space:
+                    advise(exception, space + from_last if from_last else "free some space and start the run again")
+            return
         if trainer.state.fn == TrainerFn.FITTING and (trainer.validating or trainer.sanity_checking):
             self._release_signals()
             if trainer.is_global_zero:
-                last = Path(self.ckpt_path).parent / "last.ckpt"
-                hint = (f"resume from the previous epoch's end with: {self.resume_command.format(ckpt=last)}"
-                        if last.exists() else "nothing to resume from: start the run again")  # fmt: skip
-                during = "the sanity check" if trainer.sanity_checking else "validation"
-                print(f"\ninterrupted ({what}) during {during}, which cannot be resumed; {hint}",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                hint = from_last or "nothing to resume from: start the run again"
+                if signalled:
+                    during = "the sanity check" if trainer.sanity_checking else "validation"
+                    print(f"\ninterrupted ({what}) during {during}, which cannot be resumed; {hint}",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                else:
+                    advise(exception, f"the error came during validation, which cannot be resumed; {hint}")
             return
-        super().on_exception(trainer, pl_module, exception)
-        if trainer.is_global_zero:
-            print(f"\ninterrupted ({what}); resume with: {self.resume_command.format(ckpt=self.ckpt_path)}",
-                  file=sys.stderr, flush=True)
+        try:
+            trainer.save_checkpoint(self.ckpt_path)
+            hint = f"resume with: {self.resume_command.format(ckpt=self.ckpt_path)}"
+        except Exception as err:  # noqa: BLE001 - the original error is the one to report
+            hint = f"could not save {self.ckpt_path} ({err}); " + (from_last or "start the run again")
+        if not trainer.is_global_zero:
+            return
+        if signalled:
+            print(f"\ninterrupted ({what}); {hint}", file=sys.stderr, flush=True)
+        else:
+            advise(exception, hint)
+
+    @staticmethod
+    def _resumable(trainer: L.Trainer, exception: BaseException) -> bool:
+        """Whether an error (not a signal) leaves a state worth resuming from: not before the first
+        training step of a new run, not a diverged run, not a full disk, not in a test."""
+        if isinstance(exception, NonFiniteError) or out_of_space(exception):
+            return False
+        if trainer.state.fn != TrainerFn.FITTING:
+            return False  # training is over: its last.ckpt and best checkpoint stand
+        return trainer.global_step > 0 or trainer.ckpt_path is not None

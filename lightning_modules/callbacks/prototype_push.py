@@ -27,6 +27,7 @@ from lightning_modules.protopnet.pictures import activation_boxes, describe_push
 from lightning_modules.utils.atomic_io import write_json, write_png
 from lightning_modules.utils.image_logging import log_images
 from lightning_modules.utils.images import denormalise
+from lightning_modules.utils.progress import progress
 
 
 class PrototypePush(L.Callback):
@@ -85,7 +86,7 @@ class PrototypePush(L.Callback):
         folder = Path(self.dirpath or trainer.default_root_dir) / "prototypes" / f"epoch{epoch:03d}"
         description = data.describe()
         panel, captions = [], []
-        for entry in self.records:
+        for entry in progress(trainer, self.records, "push 4/4: pictures" if self.pictures else "push 4/4: record"):
             activation = maps.get(entry["prototype"])
             if activation is None or not self.pictures:
                 continue

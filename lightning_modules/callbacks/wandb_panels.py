@@ -2,7 +2,8 @@
 matrices (``wandb.plot.confusion_matrix``), per-class ROC and precision-recall curves of the test
 split, a sortable table of every test prediction (thumbnail, attention overlay where the network
 has attention, label, prediction, probability per class, patient/lesion group) and the test
-scores of the best checkpoint in the run summary.
+scores of the best checkpoint in the run summary (with the interval ends as ``best/test/<metric>_ci_low``
+/ ``_ci_high``), the evaluation report's subgroup rows and operating points as tables.
 
 It observes: the test panels are built from the run's own ``predictions.csv`` and
 ``metrics.json`` (written by ``ResultsWriter`` just before), so the dashboard shows exactly
@@ -46,6 +47,41 @@ def confusion_plot(y_true: list[int], y_pred: list[int], names: list[str], title
     return wandb.plot.confusion_matrix(y_true=y_true, preds=y_pred, class_names=list(names), title=title)
 
 
+def summary_scores(test: dict[str, Any]) -> dict[str, float]:
+    """``best/test/<key>`` for every number of ``metrics.json``'s ``test``; an interval ``[low, high]``
+    as ``<key>_low`` / ``<key>_high``; the temperature scaling's ECE after and temperature."""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    out = {f"best/test/{k}": v for k, v in test.items() if number(v)}
+    for key, value in test.items():
+        if key.endswith("_ci") and isinstance(value, list) and len(value) == 2:
+            out.update({f"best/test/{key}_{end}": v for end, v in zip(("low", "high"), value) if number(v)})
+    scaling = (test.get("calibration") or {}).get("temperature_scaling") or {}
+    for key in ("temperature", "ece_after"):
+        if number(scaling.get(key)):
+            out[f"best/test/temperature_scaling/{key}"] = scaling[key]
+    return out
+
+
+def report_tables(folder: Path, test: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation report as W&B tables: ``subgroups.csv`` and the operating points."""
+    import wandb
+
+    tables: dict[str, Any] = {}
+    subgroups = folder / "subgroups.csv"
+    if subgroups.is_file():
+        with open(subgroups, newline="") as handle:
+            rows = list(csv.reader(handle))
+        if len(rows) > 1:
+            tables["test/subgroups"] = wandb.Table(columns=rows[0], data=rows[1:])
+    points = test.get("operating_points") or []
+    if points:
+        columns = ["positive", "target_sensitivity", "chosen_on", "threshold", "sensitivity", "sensitivity_ci",
+                   "specificity", "specificity_ci", "n_positive", "n_negative", "note"]
+        data = [[json.dumps(p.get(c)) if isinstance(p.get(c), list) else p.get(c) for c in columns] for p in points]
+        tables["test/operating_points"] = wandb.Table(columns=columns, data=data)
+    return tables
+
+
 class WandbPanels(L.Callback):
     def __init__(self, dirpath: Optional[str] = None, max_table_rows: int = 1000, thumbnail_size: int = 96):
         """``dirpath``: where ``ResultsWriter`` wrote the test files; default: the trainer's run folder
@@ -83,10 +119,10 @@ class WandbPanels(L.Callback):
             "test/pr_curve": wandb.plot.pr_curve(y_true, probs.tolist(), labels=names, title="test precision-recall"),
             "test/predictions": self._table(trainer, pl_module, rows, names),
         }
-        self._log(logger, trainer, panels)
         test = json.loads(metrics.read_text())["test"]
-        logger.experiment.summary.update({f"best/test/{k}": v for k, v in test.items()
-                                          if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        panels.update(report_tables(folder, test))
+        self._log(logger, trainer, panels)
+        logger.experiment.summary.update(summary_scores(test))
 
     # -- panels ------------------------------------------------------------------------------
     @staticmethod

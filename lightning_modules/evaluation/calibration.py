@@ -9,9 +9,11 @@ a confidence of exactly 1 falls in a bin of its own; the reliability bins here f
 rule so they add up to the same ECE.
 
 Temperature scaling (Guo et al. 2017) divides the logits by one T > 0 fitted on the validation
-split by minimising the negative log-likelihood; it changes no prediction (the argmax and every
-AUROC stay), only the confidence. Log-probabilities work as logits (softmax is unchanged by a
-per-image constant), so a predictions file is enough to fit it.
+split by minimising the negative log-likelihood; it changes no predicted class (the argmax) and
+no AUROC of a binary task, only the confidence. A one-vs-rest AUROC of a multiclass task can move
+slightly: a class's probability also depends on the other logits, which T rescales with it.
+Log-probabilities work as logits (softmax is unchanged by a per-image constant), so a predictions
+file is enough to fit it.
 """
 
 from __future__ import annotations

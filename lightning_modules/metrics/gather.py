@@ -7,6 +7,8 @@ de-duplicated rows are exactly what one process would report.
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import numpy as np
 import torch
@@ -29,3 +31,12 @@ def gather_unique_tensors(pl_module: L.LightningModule, chunks: dict[str, list[t
 def gather_unique(pl_module: L.LightningModule, chunks: dict[str, list[torch.Tensor]]) -> dict[str, np.ndarray]:
     """:func:`gather_unique_tensors` as numpy arrays."""
     return {k: v.cpu().numpy() for k, v in gather_unique_tensors(pl_module, chunks).items()}
+
+
+def shard_indices(n: int, world_size: int, rank: int) -> list[int]:
+    """Process ``rank``'s share of ``range(n)``, as ``DistributedSampler`` deals it: every ``world_size``-th
+    index, the list padded with repeats from its start so that every process gets as many (the
+    gathers need equal sizes; :func:`gather_unique` drops the repeats)."""
+    per_rank = math.ceil(n / world_size)
+    padded = [i % n for i in range(per_rank * world_size)] if n else []
+    return padded[rank::world_size]

@@ -24,10 +24,15 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from datamodules.arguments import InvalidOption
 from lightning_modules.contracts import AttentionNet, EvaluationReport, NetFactory
 from lightning_modules.metrics.lesion_mass import LesionMass
 from lightning_modules.modules.scores import ClassificationScores, LesionMassScores
+from lightning_modules.training.finite_guard import FiniteGuard, check_weights
 from lightning_modules.training.schedules import WarmupCosine
+
+#: Where a checkpoint calibrated after training keeps its calibration (``{"temperature": T, ...}``).
+CALIBRATION_KEY = "calibration"
 
 
 class DermModule(L.LightningModule):
@@ -63,6 +68,9 @@ class DermModule(L.LightningModule):
                 changes what is computed.
         """
         super().__init__()
+        if not isinstance(monitor, str) or not monitor.strip():
+            raise InvalidOption(f"--model.init_args.monitor={monitor!r}: must name a logged validation metric, "
+                                "e.g. val/auroc")
         # The optimiser/scheduler factories are config, not state: keep them out of the checkpoint
         # so it loads with torch.load(weights_only=True). The network's config (a dict when the CLI
         # built the module) stays: `load_from_checkpoint` rebuilds the network from it.
@@ -78,6 +86,13 @@ class DermModule(L.LightningModule):
         self.attention_names = tuple(self.net.attention_names) if isinstance(self.net, AttentionNet) else ()
         self.lesion_mass = LesionMassScores(self.attention_names)
         self._reports: dict[str, EvaluationReport] = {}
+<<<<<<< HEAD
+        self.finite_guard = FiniteGuard()
+=======
+        #: Divides the logits in ``class_probabilities`` (prediction), never in training or the test
+        #: step; 1 unless the checkpoint holds one fitted on the validation split (``--calibrate``).
+        self.temperature = 1.0
+>>>>>>> w2-evalwire
 
     # -- what the run watches --------------------------------------------------------------------
     @property
@@ -96,6 +111,12 @@ class DermModule(L.LightningModule):
         """``min`` for losses, ``max`` for the scores every module logs (AUROC, Recall@K, ...); a module
         that logs a score which improves downwards overrides this."""
         return "min" if "loss" in metric else "max"
+
+    # -- calibration ---------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint calibrated after training (``--calibrate=temperature``) carries its
+        temperature under :data:`CALIBRATION_KEY`; one without predicts with temperature 1."""
+        self.temperature = float((checkpoint.get(CALIBRATION_KEY) or {}).get("temperature", 1.0))
 
     # -- GPU options (compile, channels_last) --------------------------------------------------
     def configure_model(self) -> None:
@@ -140,6 +161,55 @@ class DermModule(L.LightningModule):
         """Whether any process scored an image. Decided together (a collective), because
         ``compute()`` syncs across processes and must be called by all of them or by none."""
         return bool(self.trainer.strategy.reduce_boolean_decision(int(metric.count) > 0, all=False))
+
+    # -- a diverging run stops (lightning_modules/training/finite_guard.py) ---------------------
+    def watch_training_loss(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        """Record a training step's loss and its terms for the finiteness check (no host sync)."""
+        self.finite_guard.record_training(self.global_step, loss, terms)
+
+    def watch_outputs(self, stage: str, batch_idx: int, outputs: dict[str, torch.Tensor]) -> None:
+        """Record an evaluation batch's outputs (probabilities, embeddings, loss) for the check at
+        epoch end (no host sync)."""
+        self.finite_guard.record_outputs(stage, batch_idx, outputs)
+
+    def _any_process(self, bad: bool) -> bool:
+        return bool(self.trainer.strategy.reduce_boolean_decision(bad, all=False))
+
+    def check_training_loss(self) -> None:
+        """Raise :class:`~lightning_modules.errors.NonFiniteError` if a training loss so far was
+        NaN or infinite (a collective under DDP: every process calls it at the same step)."""
+        self.finite_guard.check_training(lambda step: f"training step {step} (epoch {self.current_epoch})",
+                                         self._any_process)
+
+    def check_outputs(self, stage: str) -> None:
+        """Raise :class:`~lightning_modules.errors.NonFiniteError` if an output of this ``stage``
+        epoch was NaN or infinite, before anything is scored from them (a collective under DDP)."""
+        checkpoint = self.trainer.ckpt_path if stage == "test" else None
+        self.finite_guard.check_outputs(stage, self.current_epoch, self._any_process, checkpoint,
+                                        untrained=self.trainer.sanity_checking and self.global_step == 0)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Read on a CPU every step (nothing to wait for); on a device as often as Lightning reads
+        # logged values (log_every_n_steps), and at the epoch's last batch, before validation.
+        trainer = self.trainer
+        every = 1 if self.device.type == "cpu" and trainer.world_size == 1 else max(1, trainer.log_every_n_steps)
+        if batch_idx == trainer.num_training_batches - 1 or self.global_step % every == 0:
+            self.check_training_loss()
+
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # At the last batch: Lightning computes the logged epoch metrics right after it, before
+        # on_validation_epoch_end (which checks again for loaders of unknown length).
+        trainer = self.trainer
+        batches = trainer.num_sanity_val_batches if trainer.sanity_checking else trainer.num_val_batches
+        if batch_idx == batches[dataloader_idx] - 1:
+            self.check_outputs("val")
+
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx == self.trainer.num_test_batches[dataloader_idx] - 1:
+            self.check_outputs("test")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        check_weights(checkpoint.get("state_dict", {}), f"the checkpoint of epoch {checkpoint.get('epoch')}")
 
     # -- optimisation --------------------------------------------------------------------------
     def parameter_groups(self) -> Any:

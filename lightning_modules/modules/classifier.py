@@ -5,7 +5,8 @@ One module serves MetaBlock and its baselines, AttnVGG, soft attention and any n
 network: what the network offers (:mod:`lightning_modules.contracts`) decides the rest.
 
 - every network: class-weighted cross-entropy or focal loss; one ``MetricCollection`` per stage
-  (macro AUROC, balanced accuracy, accuracy); per-class AUROC, confusion matrix and ROC curves at
+  (macro AUROC, balanced accuracy, accuracy; binary tasks also ``val/pauc_tpr80``, ISIC 2024's
+  metric, a possible ``monitor``); per-class AUROC, confusion matrix and ROC curves at
   epoch end (``evaluation_report``); class probabilities for prediction.
 - an :class:`~lightning_modules.contracts.AttentionNet`: its maps are logged by the attention
   callback and, on data with lesion masks, scored for lesion mass (``<stage>/lesion_mass[_<map>]``);
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
+from datamodules.arguments import check_choice, check_number
 from lightning_modules.analysis.gradcam import grad_cam
 from lightning_modules.contracts import AttentionNet, GradCamNet, StepResult, evaluation_data
 from lightning_modules.lightning_compat import attached_trainer
@@ -64,6 +66,9 @@ class LesionClassifier(DermModule):
                 data's ``num_classes`` ..., ``monitor``, ``optimizer``, ``scheduler``).
         """
         super().__init__(**kwargs)
+        check_choice("--model.init_args.loss", loss, ("ce", "focal"))
+        check_number("--model.init_args.focal_gamma", focal_gamma, minimum=0)
+        check_number("--model.init_args.mask_loss_weight", mask_loss_weight, minimum=0)
         hp = self.hparams
         self.criterion = classification_loss(loss, hp.class_weights if weighted_loss else None, focal_gamma)
         if mask_loss_weight > 0 and not self.attention_names:
@@ -87,7 +92,12 @@ class LesionClassifier(DermModule):
         return self.net(image, meta)
 
     def class_probabilities(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-        return self(image, meta).float().softmax(dim=1)
+        """``softmax(logits / temperature)``: calibrated when the checkpoint holds a temperature."""
+        return (self(image, meta).float() / self.temperature).softmax(dim=1)
+
+    def test_probabilities(self, batch: dict) -> torch.Tensor:
+        """What the test step scores: ``softmax(logits)``, without the temperature."""
+        return self(batch["image"], batch["meta"]).float().softmax(dim=1)
 
     # -- steps ---------------------------------------------------------------------------------
     def step(self, batch: dict, stage: str) -> StepResult:
@@ -108,8 +118,12 @@ class LesionClassifier(DermModule):
                 self._score_gradcam(batch)
         return StepResult(loss=loss, probs=logits.detach().float().softmax(dim=1), terms=terms, maps=maps)
 
-    def _evaluate(self, batch: dict, stage: str) -> StepResult:
+    def _evaluate(self, batch: dict, stage: str, batch_idx: int = 0) -> StepResult:
         result = self.step(batch, stage)
+        if stage == "train":
+            self.watch_training_loss(result.loss, result.terms)
+        else:
+            self.watch_outputs(stage, batch_idx, {"probabilities": result.probs, "loss": result.loss})
         self.update_lesion_mass(stage, result.maps, batch)
         n = batch["label"].shape[0]
         sync = stage != "train"
@@ -121,16 +135,18 @@ class LesionClassifier(DermModule):
             self.scores.update(stage, result.probs, batch["label"])
             self.log_dict(self.scores.scalars_of(stage), on_step=False, on_epoch=True, prog_bar=stage == "val",
                           batch_size=n)
+            if (pauc := self.scores.partial_auc(stage)) is not None:
+                self.log(f"{stage}/pauc_tpr80", pauc, on_step=False, on_epoch=True, batch_size=n)
         return result
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "train").loss
+        return self._evaluate(batch, "train", batch_idx).loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        self._evaluate(batch, "val", batch_idx)
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:
-        result = self._evaluate(batch, "test")
+        result = self._evaluate(batch, "test", batch_idx)
         return {"probs": result.probs, "index": batch["index"], "label": batch["label"]}
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
@@ -141,10 +157,12 @@ class LesionClassifier(DermModule):
         self.log_lesion_mass("train")
 
     def on_validation_epoch_end(self) -> None:
+        self.check_outputs("val")  # before any score is computed from them, and before the checkpoint
         self.report("val", self.scores)
         self.log_lesion_mass("val")
 
     def on_test_epoch_end(self) -> None:
+        self.check_outputs("test")
         self.report("test", self.scores)
         self.log_lesion_mass("test")
         if self.any_rank_counted(self.gradcam_mass):

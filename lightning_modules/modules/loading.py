@@ -17,7 +17,13 @@ from typing import Any, Sequence
 
 import torch
 
+<<<<<<< HEAD
 from lightning_modules.modules.base import DermModule
+from lightning_modules.training.finite_guard import check_weights
+=======
+from lightning_modules.modules.base import CALIBRATION_KEY, DermModule
+from lightning_modules.utils.atomic_io import atomic_write
+>>>>>>> w2-evalwire
 
 
 class CheckpointError(ValueError):
@@ -35,6 +41,18 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); it may "
                               "have been truncated by an interrupted write or copy") from err
+
+
+def write_calibration(path: str | Path, calibration: dict[str, Any]) -> Path:
+    """Store ``calibration`` (plain values: ``temperature`` and how it was fitted) in the checkpoint
+    at ``path``, rewritten whole (atomically); modules loaded from it then predict calibrated
+    (:meth:`~lightning_modules.modules.base.DermModule.on_load_checkpoint`)."""
+    temperature = calibration.get("temperature")
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"{path}: a calibration needs a positive temperature, got {temperature!r}")
+    checkpoint = read_checkpoint(path)
+    checkpoint[CALIBRATION_KEY] = dict(calibration)
+    return atomic_write(path, lambda f: torch.save(checkpoint, f), mode="wb")
 
 
 def checkpoint_paths(ckpt: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -62,7 +80,8 @@ def module_class(class_path: str, path: str | Path) -> type[DermModule]:
 
 
 def load_module(path: str | Path, map_location: Any = "cpu") -> DermModule:
-    """The module a training run saved at ``path``, in eval mode."""
+    """The module a training run saved at ``path``, in eval mode; refused (NonFiniteError) when a
+    weight is NaN or infinite."""
     hparams = read_checkpoint(path).get("hyper_parameters", {})
     if "_class_path" in hparams and "net" not in hparams:
         raise ValueError(f"{path} was written before networks were configured under model.init_args.net "
@@ -78,4 +97,5 @@ def load_module(path: str | Path, map_location: Any = "cpu") -> DermModule:
     if options.get("pretrained") or options.get("weights_path"):
         options.update(pretrained=False, weights_path=None)  # the weights come from the checkpoint
     module = cls.load_from_checkpoint(path, map_location=map_location, weights_only=True, net=net)
+    check_weights(module.state_dict(), f"checkpoint {path}")  # a diverged run's weights predict nothing
     return module.eval()

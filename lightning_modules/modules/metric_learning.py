@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import torch
 
+from datamodules.arguments import check_choice, check_int, check_number
 from lightning_modules.metrics.gather import gather_unique_tensors
 from lightning_modules.contracts import EmbeddingNet, EvaluationData, evaluation_data
 from lightning_modules.lightning_compat import attached_trainer
@@ -55,6 +56,11 @@ class MetricLearningModule(DermModule):
                 embedding network (``lightning_modules.nets.abe.ABE``).
         """
         super().__init__(monitor=monitor, **kwargs)
+        check_number("--model.init_args.margin", margin, above=0)
+        check_number("--model.init_args.div_margin", div_margin, minimum=0)
+        check_number("--model.init_args.lambda_div", lambda_div, minimum=0)
+        check_int("--model.init_args.knn_k", knn_k, minimum=1)
+        check_choice("--model.init_args.div_reduction", div_reduction, ("mean", "sum"))
         if not isinstance(self.net, EmbeddingNet):
             raise TypeError(f"MetricLearningModule needs an embedding network (embed), got {type(self.net).__name__}")
         self.scores = ClassificationScores(self.hparams.num_classes, self.class_names, stages=("test",))
@@ -88,6 +94,7 @@ class MetricLearningModule(DermModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         learners, maps = self.learners(batch)
         losses = self.metric_losses(learners, batch["label"])
+        self.watch_training_loss(losses["loss"], {k: v for k, v in losses.items() if k != "loss"})
         n = batch["label"].shape[0]
         for name, value in losses.items():
             self.log(f"train/{name}", value, on_step=name == "loss", on_epoch=True, prog_bar=name == "loss",
@@ -107,6 +114,7 @@ class MetricLearningModule(DermModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         learners, maps = self.learners(batch)
         losses = self.metric_losses(learners, batch["label"])
+        self.watch_outputs("val", batch_idx, {"embeddings": learners, "loss": losses["loss"]})
         self.log("val/loss", losses["loss"], on_epoch=True, batch_size=batch["label"].shape[0], sync_dist=True)
         self._collect(learners, batch)
         self.update_lesion_mass("val", maps, batch)
@@ -128,6 +136,7 @@ class MetricLearningModule(DermModule):
             self.log(f"{stage}/recall@1_learner{m}", recall_at_k(learners[:, m], labels, groups, (1,), name=split)[1])
 
     def on_validation_epoch_end(self) -> None:  # no classification report: classes come from k-NN at test
+        self.check_outputs("val")
         self._retrieval("val")
         self.log_lesion_mass("val")
 
@@ -143,18 +152,35 @@ class MetricLearningModule(DermModule):
     def on_test_epoch_start(self) -> None:
         self._bank = self._embed_bank()
 
+    def knn(self, learners: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of the images whose learner embeddings are ``learners``: k-NN votes
+        of the training images (the bank of this test)."""
+        if self._bank is None:  # scored outside the test loop's epoch
+            self._bank = self._embed_bank()
+        bank, bank_labels = self._bank
+        return knn_probabilities(learners.flatten(1), bank, bank_labels, self.hparams.num_classes, self.hparams.knn_k)
+
+    def test_probabilities(self, batch: dict) -> torch.Tensor:
+        return self.knn(self.learners(batch)[0])
+
     def test_step(self, batch: dict, batch_idx: int) -> dict:
         learners, maps = self.learners(batch)
         self.update_lesion_mass("test", maps, batch)
+<<<<<<< HEAD
         bank, bank_labels = self._bank
         probs = knn_probabilities(learners.flatten(1), bank, bank_labels, self.hparams.num_classes,
                                   self.hparams.knn_k)  # fmt: skip
+        self.watch_outputs("test", batch_idx, {"embeddings": learners, "probabilities": probs})
+=======
+        probs = self.knn(learners)
+>>>>>>> w2-evalwire
         self.scores.update("test", probs, batch["label"])
         self.log_dict(self.scores.scalars_of("test"), on_step=False, on_epoch=True, batch_size=batch["label"].shape[0])
         self._collect(learners, batch)
         return {"probs": probs, "index": batch["index"], "label": batch["label"]}
 
     def on_test_epoch_end(self) -> None:
+        self.check_outputs("test")
         self._retrieval("test")
         self.report("test", self.scores)
         self.log_lesion_mass("test")

@@ -37,6 +37,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import LambdaLR
 
+from datamodules.arguments import check_choice, check_int, check_number
 from lightning_modules.callbacks.prototype_push import PrototypePush
 from lightning_modules.contracts import PrototypeNet, StepResult
 from lightning_modules.modules.classifier import LesionClassifier
@@ -48,6 +49,7 @@ from lightning_modules.protopnet.projection import (
 )
 from lightning_modules.protopnet.push import PushResult
 from lightning_modules.training.losses import PROTOPNET_LOSS_WEIGHTS, protopnet_loss
+from lightning_modules.utils.progress import progress
 
 
 class StageFactor:
@@ -121,8 +123,14 @@ class ProtoPNetModule(LesionClassifier):
                 (``lightning_modules.nets.protopnet.ProtoPNet``).
         """
         super().__init__(monitor=monitor, **kwargs)
-        if activation_box not in ("before", "after"):
-            raise ValueError(f"activation_box must be 'before' or 'after', got {activation_box!r}")
+        check_choice("--model.init_args.activation_box", activation_box, ("before", "after"))
+        for name in ("warm_lr", "joint_backbone_lr", "joint_lr", "last_layer_lr", "joint_lr_gamma"):
+            check_number(f"--model.init_args.{name}", locals()[name], above=0)
+        check_number("--model.init_args.weight_decay", weight_decay, minimum=0)
+        check_number("--model.init_args.l1_weight", l1_weight, minimum=0)
+        for name, minimum in (("warmup_epochs", 0), ("joint_lr_step", 1), ("last_layer_epochs", 0),
+                              ("last_layer_batch_size", 1), ("push_start", 1), ("push_every", 1)):
+            check_int(f"--model.init_args.{name}", locals()[name], minimum=minimum)
         if not isinstance(self.net, PrototypeNet):
             raise TypeError(f"ProtoPNetModule needs a network with prototypes, got {type(self.net).__name__}")
         self.cost_weights = {"clst": cluster_weight, "sep": separation_weight, "l1": l1_weight}
@@ -187,23 +195,29 @@ class ProtoPNetModule(LesionClassifier):
         """Project every prototype onto its nearest training patch and optimise the last layer
         alone. ``batches``: every training image once, un-augmented (this process's shard under
         DDP), iterable twice (a DataLoader). A collective under DDP: every process calls it."""
+        self.check_training_loss()  # the push comes before this batch's own check: no push of a diverged model
         epoch = self.current_epoch
+        rank_zero_info(f"push after epoch {epoch}: projecting {self.net.prototype_vectors.shape[0]} prototypes onto "
+                       "their nearest training patches, then fitting the last layer")
         was_training = self.training
         self.eval()
         distributed = self.trainer.world_size > 1
         if distributed:
             broadcast_buffers_from_rank0(self.net)
         gather = self.all_gather if distributed else None
-        search = search_nearest_patches(self.net, batches, self.device, gather, keep_source_maps=True)
+        search = search_nearest_patches(self.net, progress(self.trainer, batches, "push 1/4: nearest patches"),
+                                        self.device, gather, keep_source_maps=True)  # fmt: skip
         before = self.net.prototype_vectors.detach().clone()
         unchanged = search.project(self.net)
         boxed = before if self.hparams.activation_box == "before" else self.net.prototype_vectors
         activation = self.net.distance_to_similarity(search.activation_maps(boxed))
-        similarities, labels = similarity_vectors(self.net, batches, self.device, gather)
+        similarities, labels = similarity_vectors(self.net, progress(self.trainer, batches, "push 2/4: similarities"),
+                                                  self.device, gather)  # fmt: skip
         identity = self.net.prototype_class_identity if self.net.class_specific else None
         loss = fit_last_layer(self.net.last_layer, similarities, labels, self.criterion, self.cost_weights["l1"],
                               identity, self.hparams.last_layer_epochs, self.hparams.last_layer_lr,
-                              self.hparams.last_layer_batch_size, seed=len(self.push_epochs))  # fmt: skip
+                              self.hparams.last_layer_batch_size, seed=len(self.push_epochs),
+                              progress=lambda passes: progress(self.trainer, passes, "push 3/4: last layer"))  # fmt: skip
         if distributed:
             # Every rank fitted the same layer on the same data in the same order; kernels that are
             # not bitwise deterministic could still let them drift, so rank 0's result is kept.
@@ -233,8 +247,10 @@ class ProtoPNetModule(LesionClassifier):
         self.log("val/push_auroc", macro if pushed else 0.0)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["protopnet_push_epochs"] = list(self.push_epochs)
         checkpoint["protopnet_last_push_epoch"] = self.push_epochs[-1] if self.push_epochs else -1
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.push_epochs = [int(e) for e in checkpoint.get("protopnet_push_epochs", [])]

@@ -2,7 +2,8 @@
 
 - :class:`ClassificationScores`: one torchmetrics ``MetricCollection`` per stage (macro
   one-vs-rest AUROC over the classes that can be scored, balanced accuracy = macro recall,
-  accuracy), logged as metric objects, and
+  accuracy), logged as metric objects; for binary tasks also ISIC 2024's partial AUC above 80 %
+  TPR in the evaluation stages (``<stage>/pauc_tpr80``, :meth:`ClassificationScores.partial_auc`); and
   for evaluation stages the per-class AUROC, confusion matrix and (test) ROC curves computed at
   epoch end into an :class:`~lightning_modules.contracts.EvaluationReport`.
 - :class:`LesionMassScores`: for networks with attention, on data with lesion masks, the share of
@@ -26,6 +27,7 @@ from torchmetrics.classification import (
 from lightning_modules.contracts import EvaluationReport
 from lightning_modules.metrics.auroc import ScorableAUROC
 from lightning_modules.metrics.lesion_mass import LesionMass
+from lightning_modules.metrics.partial_auc import PartialAUROC
 
 STAGES = ("train", "val", "test")
 
@@ -57,12 +59,20 @@ class ClassificationScores(nn.Module):
             if stage == "test":
                 details.add_metrics({"roc": MulticlassROC(num_classes)})
             self.details[f"{stage}_details"] = details
+        # Separate from the collections above (their compute groups and what they log stay as they are).
+        self.pauc = nn.ModuleDict({stage: PartialAUROC() for stage in stages if stage != "train" and num_classes == 2})
+
+    def partial_auc(self, stage: str) -> PartialAUROC | None:
+        """The stage's partial AUC above 80 % TPR (binary tasks, evaluation stages), else ``None``."""
+        return self.pauc[stage] if stage in self.pauc else None
 
     def scalars_of(self, stage: str) -> MetricCollection:
         return self.scalars[f"{stage}_scores"]
 
     def update(self, stage: str, probs: torch.Tensor, labels: torch.Tensor) -> None:
         self.scalars_of(stage).update(probs, labels)
+        if stage in self.pauc:
+            self.pauc[stage].update(probs, labels)
         if f"{stage}_details" in self.details:
             self.details[f"{stage}_details"].update(probs, labels)
 

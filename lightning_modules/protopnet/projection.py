@@ -75,16 +75,17 @@ def similarity_vectors(net: nn.Module, batches: Iterable[dict], device: torch.de
 
 def fit_last_layer(layer: nn.Linear, similarities: torch.Tensor, labels: torch.Tensor, criterion: nn.Module,
                    l1_weight: float, prototype_class_identity: Optional[torch.Tensor], epochs: int, lr: float,
-                   batch_size: int, seed: int) -> float:
+                   batch_size: int, seed: int, progress: Callable[[Iterable[int]], Iterable[int]] = iter) -> float:
     """Adam on ``criterion(layer(similarities)) + l1_weight * L1`` (wrong-class weights when
     ``prototype_class_identity`` is given, every weight otherwise) for ``epochs`` shuffled passes
-    (shuffled by ``seed``); the final batch loss. The layer is left frozen."""
+    (shuffled by ``seed``); the final batch loss. The layer is left frozen. ``progress`` wraps the
+    passes (a progress bar)."""
     layer.weight.requires_grad_(True)
     optimizer = torch.optim.Adam(layer.parameters(), lr=lr)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     loss = torch.zeros(())
     with torch.enable_grad():
-        for _ in range(epochs):
+        for _ in progress(range(epochs)):
             order = torch.randperm(len(labels), generator=generator).to(labels.device)
             for chunk in order.split(batch_size):
                 logits = layer(similarities[chunk])
