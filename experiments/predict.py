@@ -99,18 +99,13 @@ def predict(ckpt: str | Sequence[str], dataset: Optional[str] = None, data_dir: 
     labels = np.array([records[i].label for i in index])
     fields = default_subgroup_fields(source, {key for r in records for key in r.meta})
     path = write_predictions(out, [records[i].image_id for i in index], probs, modules[0].class_names,
-<<<<<<< HEAD
-                             None if (labels == UNLABELED).all() else labels)
+                             None if (labels == UNLABELED).all() else labels, [records[i].group for i in index],
+                             {f: [records[i].meta.get(f) for i in index] for f in fields})  # fmt: skip
     used = (f"an ensemble of {len(paths)} checkpoints (probabilities averaged)" if len(paths) > 1
             else f"checkpoint {paths[0]}")  # fmt: skip
     views = f"{tta} test-time views of each image averaged" if tta > 1 else "no test-time augmentation"
     print(f"predicted {len(index)} images of {source} ({'--images ' + str(images) if images else split}) with "
           f"{used}, {views}; wrote {path}")
-=======
-                             None if (labels == UNLABELED).all() else labels, [records[i].group for i in index],
-                             {f: [records[i].meta.get(f) for i in index] for f in fields})  # fmt: skip
-    print(f"wrote {len(index)} predictions to {path}")
->>>>>>> w2-evalwire
     return path
 
 

@@ -3,14 +3,8 @@
 A callback takes what it needs from the trainer when it runs: the run folder is
 ``trainer.default_root_dir``, the data ``trainer.datamodule``, the model ``pl_module``. What is
 left is the run's name (written into ``metrics.json``), how the user resumes it (printed when a
-<<<<<<< HEAD
-run is interrupted), and the run folder (where ``ResumableInterruption`` writes when no trainer
-folder is set). A callback that uses them
-=======
-run is interrupted), the run folder for what is needed before any hook runs (Lightning reads
-``ResumableInterruption``'s checkpoint path as ``fit`` starts), and the ``--eval.*`` /
-``--calibrate`` options of the test report. A callback that uses them
->>>>>>> w2-evalwire
+run is interrupted), the run folder (where ``ResumableInterruption`` writes when no trainer
+folder is set), and the ``--eval.*`` / ``--calibrate`` options of the test report. A callback that uses them
 inherits :class:`UsesRunContext`; the CLI (``experiments/cli.py``) sets ``run_context`` on every
 such callback before training. Used without the CLI, such a callback keeps the defaults below.
 """

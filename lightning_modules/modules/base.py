@@ -86,13 +86,10 @@ class DermModule(L.LightningModule):
         self.attention_names = tuple(self.net.attention_names) if isinstance(self.net, AttentionNet) else ()
         self.lesion_mass = LesionMassScores(self.attention_names)
         self._reports: dict[str, EvaluationReport] = {}
-<<<<<<< HEAD
         self.finite_guard = FiniteGuard()
-=======
         #: Divides the logits in ``class_probabilities`` (prediction), never in training or the test
         #: step; 1 unless the checkpoint holds one fitted on the validation split (``--calibrate``).
         self.temperature = 1.0
->>>>>>> w2-evalwire
 
     # -- what the run watches --------------------------------------------------------------------
     @property

@@ -17,13 +17,9 @@ from typing import Any, Sequence
 
 import torch
 
-<<<<<<< HEAD
-from lightning_modules.modules.base import DermModule
-from lightning_modules.training.finite_guard import check_weights
-=======
 from lightning_modules.modules.base import CALIBRATION_KEY, DermModule
+from lightning_modules.training.finite_guard import check_weights
 from lightning_modules.utils.atomic_io import atomic_write
->>>>>>> w2-evalwire
 
 
 class CheckpointError(ValueError):

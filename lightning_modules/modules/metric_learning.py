@@ -166,14 +166,8 @@ class MetricLearningModule(DermModule):
     def test_step(self, batch: dict, batch_idx: int) -> dict:
         learners, maps = self.learners(batch)
         self.update_lesion_mass("test", maps, batch)
-<<<<<<< HEAD
-        bank, bank_labels = self._bank
-        probs = knn_probabilities(learners.flatten(1), bank, bank_labels, self.hparams.num_classes,
-                                  self.hparams.knn_k)  # fmt: skip
-        self.watch_outputs("test", batch_idx, {"embeddings": learners, "probabilities": probs})
-=======
         probs = self.knn(learners)
->>>>>>> w2-evalwire
+        self.watch_outputs("test", batch_idx, {"embeddings": learners, "probabilities": probs})
         self.scores.update("test", probs, batch["label"])
         self.log_dict(self.scores.scalars_of("test"), on_step=False, on_epoch=True, batch_size=batch["label"].shape[0])
         self._collect(learners, batch)
