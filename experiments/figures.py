@@ -77,6 +77,7 @@ class Figure:
     title: str
     caption: str
     sources: tuple[str, ...]
+    notebook: str = ""  # the notebook that draws the same picture with the same function
 
 
 # -- the runs -------------------------------------------------------------------------------------
@@ -183,9 +184,10 @@ class Gallery:
         self.out = out
         self.figures: list[Figure] = []
 
-    def add(self, name: str, title: str, caption: str, sources: Sequence[Path], picture: np.ndarray) -> None:
+    def add(self, name: str, title: str, caption: str, sources: Sequence[Path], picture: np.ndarray,
+            notebook: str = "") -> None:
         publish(picture, self.out / name)
-        self.figures.append(Figure(name, title, caption, tuple(str(s) for s in sources)))
+        self.figures.append(Figure(name, title, caption, tuple(str(s) for s in sources), notebook))
         print(f"figures: {self.out / name}", flush=True)
 
 
@@ -195,7 +197,8 @@ def draw_data(gallery: Gallery, run: Path) -> None:
     gallery.add("synthetic_lesions.png", "The synthetic lesions",
                 "Four images per class with the lesion mask outline (cyan). ACK and SCC are drawn by the same "
                 "rules; only the patient metadata tells them apart.",
-                [run], figure_to_array(lesion_examples(data.table.records, data.class_names)))
+                [run], figure_to_array(lesion_examples(data.table.records, data.class_names)),
+                notebook="synthetic_lesions.ipynb")
     gallery.add("metablock_confusion_matrix.png", "MetaBlock: test confusion matrix",
                 "MetaBlock's test confusion matrix (colour: recall per true class; text: counts).",
                 [run], read_png(run / "test_confusion_matrix.png"))
@@ -211,7 +214,7 @@ def draw_attention(gallery: Gallery, run: Path, name: str, title: str) -> None:
     gallery.add(name, f"{title}: attention and Grad-CAM",
                 f"{title}: its attention maps and Grad-CAM of the predicted class (on the grid of its finest "
                 "attention map), one test image per class; white: the lesion outline; row: true -> predicted "
-                "class (probability).", [run], figure_to_array(fig))
+                "class (probability).", [run], figure_to_array(fig), notebook="attention_maps.ipynb")
 
 
 def draw_protopnet(gallery: Gallery, run: Path, tmp: Path) -> None:
@@ -222,11 +225,13 @@ def draw_protopnet(gallery: Gallery, run: Path, tmp: Path) -> None:
     gallery.add("protopnet_explanation.png", "ProtoPNet: this looks like that",
                 "The three prototypes a test image activates most: where each fires on the image (cyan box), the "
                 "prototype's patch and its source training image (yellow: receptive field); similarity x "
-                "last-layer weight = its contribution to the predicted class.", [run], read_png(tmp / "explain.png"))
+                "last-layer weight = its contribution to the predicted class.", [run], read_png(tmp / "explain.png"),
+                notebook="prototypes.ipynb")
     folder = push_folder(run, push_record(checkpoint))
     gallery.add("protopnet_prototypes.png", "ProtoPNet: the prototypes",
                 f"The two prototypes per class closest to their source patch, from the push after {folder.name} "
-                "(the one the tested checkpoint holds).", [run], figure_to_array(prototype_gallery(folder)))
+                "(the one the tested checkpoint holds).", [run], figure_to_array(prototype_gallery(folder)),
+                notebook="prototypes.ipynb")
     size = datamodule.hparams.image_size
     top = rows[0]["prototype"]
     result = prototypes.attack(ckpt, image, prototype=top, region=(0, size // 3, 0, size // 3),
@@ -234,7 +239,7 @@ def draw_protopnet(gallery: Gallery, run: Path, tmp: Path) -> None:
     gallery.add("protopnet_attack.png", "ProtoPNet: this does not look like that",
                 f"The paper's attack on the same image: 40 steps within 8/255 per pixel, confined to the top-left "
                 f"box, make its top prototype p{top} fire on skin (similarity {result.similarity_before:.2f} -> "
-                f"{result.similarity_after:.2f}).", [run], read_png(tmp / "attack.png"))
+                f"{result.similarity_after:.2f}).", [run], read_png(tmp / "attack.png"), notebook="prototypes.ipynb")
 
 
 def draw_retrieval(gallery: Gallery, run: Path, tmp: Path, queries: int = 3) -> None:
@@ -301,8 +306,9 @@ def gallery_markdown(figures: Sequence[Figure], out: Path, gallery: Path, comman
              "(the synthetic data, each experiment's default configuration unless the runs say otherwise). This page",
              f"and `{folder}/` are written by that command: regenerate them rather than editing them.", ""]
     for figure in figures:
+        notebook = f" `notebooks/{figure.notebook}` draws it too." if figure.notebook else ""
         lines += [f"## {figure.title}", "", f"![{figure.title}]({folder}/{figure.name})", "", figure.caption, "",
-                  "From " + ", ".join(f"`{s}`" for s in figure.sources) + ".", ""]
+                  "From " + ", ".join(f"`{s}`" for s in figure.sources) + "." + notebook, ""]
     return "\n".join(lines)
 
 

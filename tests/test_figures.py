@@ -121,3 +121,21 @@ def test_make_figures_on_tiny_runs(tmp_path, synthetic_cache, monkeypatch):
     assert second == ALWAYS | {"reliability.png", "subgroups.png"}
     assert {name: (out / name).read_bytes() for name in first} == drawn  # the same runs, the same bytes
     assert "subgroups.png" in gallery.read_text() and not broken_links(gallery)
+
+
+def test_gallery_page_names_the_command_the_runs_and_the_notebook_and_its_links_resolve(tmp_path):
+    out, page = tmp_path / "docs" / "figures", tmp_path / "docs" / "gallery.md"
+    out.mkdir(parents=True)
+    (out / "a.png").write_bytes(b"png")
+    shown = [figures.Figure("a.png", "A title", "What it shows.", ("runs/figures/metablock",), "synthetic_lesions.ipynb"),
+             figures.Figure("a.png", "Without a notebook", "Caption.", ("runs/x", "runs/y"))]
+    text = figures.gallery_markdown(shown, out, page, "make figures")
+    page.write_text(text)
+    assert "drawn by `make figures` at commit `" in text
+    assert "![A title](figures/a.png)" in text
+    assert "From `runs/figures/metablock`. `notebooks/synthetic_lesions.ipynb` draws it too." in text
+    assert "From `runs/x`, `runs/y`.\n" in text
+    assert not broken_links(page)
+    (out / "a.png").unlink()
+    broken = broken_links(page)  # the check sees a picture that is gone
+    assert len(broken) == 2 and all(b.endswith("figures/a.png (no such file)") for b in broken)
