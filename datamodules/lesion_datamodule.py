@@ -30,7 +30,7 @@ from datamodules.metadata import MetadataEncoder
 from datamodules.records import DatasetError, LesionRecord, LesionTable
 from datamodules.samplers import TrainingSampling
 from datamodules.seeding import TrainPosition, run_seed, seed_transform
-from datamodules.sources import DATASETS, OFFICIAL_SPLITS, read_table
+from datamodules.sources import DATASETS, MISSING_IMAGES_ALLOWED, OFFICIAL_SPLITS, read_table
 from datamodules.sources.cleaning import drop_rare_classes, verify_images
 from datamodules.splits import SPLIT_MODES, SPLITS, check_group_by, official_indices, split_indices
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, RECIPES, build_transforms
@@ -46,7 +46,6 @@ def check_data_options(options: dict[str, Any]) -> None:
     check_int("--data.fold", options["fold"], minimum=0, maximum=options["n_folds"] - 1)
     check_int("--data.split_seed", options["split_seed"])
     check_int("--data.min_class_images", options["min_class_images"], minimum=0)
-    check_int("--data.negatives_per_epoch", options["negatives_per_epoch"], minimum=1, optional=True)
     check_choice("--data.augment", options["augment"], RECIPES)
     check_choice("--data.split", options["split"], SPLIT_MODES)
     check_choice("--data.small_images", options["small_images"], ("error", "warn"))
@@ -63,6 +62,7 @@ class LesionDataModule(L.LightningDataModule):
         dataset: str = "synthetic",
         data_dir: Optional[str] = None,
         source_options: Optional[dict[str, Any]] = None,
+        allow_missing_images: bool = False,
         meta_features: Optional[list[str]] = None,
         fold: int = 0,
         n_folds: int = 5,
@@ -96,6 +96,9 @@ class LesionDataModule(L.LightningDataModule):
             source_options: reader options, e.g. ``{task: diagnosis}`` for ISIC 2020,
                 ``{patient_relative: true}`` for ISIC 2024 or ``{n_patients: 600, seed: 1}`` for the
                 synthetic generator.
+            allow_missing_images: rows whose image was never downloaded are left out with a warning
+                that counts them, instead of an error listing them (datasets whose readers offer it:
+                ``datamodules.sources.MISSING_IMAGES_ALLOWED``, i.e. Fitzpatrick17k's dead URLs).
             meta_features: metadata columns to use (``[]`` for none); ``None`` is the dataset's
                 published default set.
             fold: which of ``n_folds`` patient-grouped folds is the test split (the next one is
@@ -131,6 +134,11 @@ class LesionDataModule(L.LightningDataModule):
         if dataset not in DATASETS:
             raise DatasetError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
         check_data_options(locals())
+        if allow_missing_images and dataset not in MISSING_IMAGES_ALLOWED:
+            raise ValueError(f"--data.allow_missing_images=true: {dataset}'s reader needs every listed image; "
+                             f"datasets whose rows may lack one: {list(MISSING_IMAGES_ALLOWED)}")
+        if allow_missing_images:  # a reader option: the image cache, make preprocess and resume keep it with the rest
+            source_options = {**(source_options or {}), "allow_missing_images": True}
         if split == "official" and dataset not in OFFICIAL_SPLITS:
             raise DatasetError(f"{dataset} ships no official split; datasets that do: {list(OFFICIAL_SPLITS)} "
                                "(--data.split=folds makes patient-grouped folds)")
@@ -302,10 +310,14 @@ class LesionDataModule(L.LightningDataModule):
         return self.sampling.class_factors(self.class_names, self.hparams.dataset)
 
     def eval_batch(self, split: str, indices: Sequence[int]) -> dict:
-        """Items ``indices`` of ``split`` with the evaluation transform, collated into one batch
-        (fixed images to draw attention on, a prototype's source image)."""
-        if split not in self._eval_datasets:
-            self._eval_datasets[split] = self.eval_dataloader(split).dataset
+        """Items ``indices`` of ``split`` with the evaluation transform (and their lesion masks when
+        ``load_masks``), collated into one batch (fixed images to draw attention on, a prototype's
+        source image)."""
+        if split not in self._eval_datasets:  # with the lesion masks when loaded: panels outline the lesion
+            hp = self.hparams
+            self._eval_datasets[split] = LesionDataset(self.records(split), self.encoder, self.eval_transform(),
+                                                       hp.dataset, hp.load_masks, hp.image_size,
+                                                       small_images=hp.small_images)  # fmt: skip
         dataset = self._eval_datasets[split]
         return default_collate([dataset[int(i)] for i in indices])
 

@@ -205,7 +205,8 @@ class DermCLI(LightningCLI):
         loggers = [make_csv_logger(self.run_dir)]
         if config.run.wandb:
             net = config.model.init_args.net.class_path.rpartition(".")[2]
-            tags = [net, config.data.dataset, f"fold{config.data.fold}"]
+            split = "official" if config.data.split == "official" else f"fold{config.data.fold}"
+            tags = [net, config.data.dataset, split]
             loggers.append(make_wandb_logger(self.run_dir, config.run.name, config.run.wandb_project,
                                              group=config.run.wandb_group, job_type=config.run.wandb_job_type,
                                              tags=tags))  # fmt: skip

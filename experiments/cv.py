@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 import yaml
 
+from experiments.net_options import ConfigError
 from experiments.runs import mean_std, train_once
 from lightning_modules.evaluation import evaluate_predictions, read_predictions
 from lightning_modules.evaluation.files import write_report_files
@@ -40,11 +41,24 @@ from lightning_modules.utils.atomic_io import atomic_write, write_json
 METRICS = ("auroc", "bacc", "acc")
 
 
-def n_folds_of(config: str, extra: list[str]) -> int:
+def data_option(config: str, extra: list[str], name: str, default):
+    """``--data.<name>`` as the folds will see it: the last override, else the config's value."""
     for arg in reversed(extra):
-        if arg.startswith("--data.n_folds="):
-            return int(arg.split("=", 1)[1])
-    return int((yaml.safe_load(Path(config).read_text()) or {}).get("data", {}).get("n_folds", 5))
+        if arg.startswith(f"--data.{name}="):
+            return arg.split("=", 1)[1]
+    return (yaml.safe_load(Path(config).read_text()) or {}).get("data", {}).get(name, default)
+
+
+def n_folds_of(config: str, extra: list[str]) -> int:
+    return int(data_option(config, extra, "n_folds", 5))
+
+
+def check_folds_split(config: str, extra: list[str]) -> None:
+    """An official split is one fixed train/val/test partition: every "fold" would train the same
+    run, so a cross-validation of it is refused rather than reported as n agreeing folds."""
+    if data_option(config, extra, "split", "folds") == "official":
+        raise ConfigError(f"make cv: {config} uses --data.split=official (one fixed partition); cross-validation "
+                         "needs --data.split=folds (patient-grouped folds) — pass it after --, or use make train")
 
 
 def concatenate(dir_: Path, n_folds: int, name: str, out: str) -> tuple[Optional[Path], list[dict], list[str]]:
@@ -119,6 +133,7 @@ def main(argv=None) -> Path:
     extra = [a for a in args.extra if a != "--"]
     name = (yaml.safe_load(Path(args.config).read_text()) or {}).get("run", {}).get("name", Path(args.config).stem)
     dir_ = Path(args.dir) if args.dir else Path("runs") / f"{name}-cv" / time.strftime("%Y%m%d-%H%M%S")
+    check_folds_split(args.config, extra)
     n_folds = n_folds_of(args.config, extra)
     group = f"{name}-cv-{dir_.name}"
     folds = [train_once(dir_ / f"fold{k}", ["--config", args.config, *extra, f"--data.fold={k}",

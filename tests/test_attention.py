@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -214,3 +215,20 @@ def test_attn_vgg_official_initialisation():
     assert float(phi.weight.std()) == pytest.approx(math.sqrt(2 / fan_in), rel=0.5) and not phi.bias.any()
     with pytest.raises(ValueError, match="init must be"):
         AttnVGG(3, backbone="resnet10t", init="xavier")
+
+
+def test_mask_outline_by_hand():
+    """The outline is the mask's own border pixels (4-neighbourhood), drawn in the given colour."""
+    from lightning_modules.utils.images import mask_edges, outline
+
+    mask = np.zeros((1, 5, 6))
+    mask[0, 1:4, 1:5] = 1  # a 3 x 4 block: its 10 border pixels, the 2 inner ones not
+    edges = mask_edges(mask)[0]
+    expected = mask[0].astype(bool)
+    expected[2, 2:4] = False
+    assert (edges == expected).all() and edges.sum() == 10
+    touching = np.ones((1, 3, 3))  # a lesion filling the image is closed along the border
+    assert mask_edges(touching)[0].sum() == 8
+    pictures = np.zeros((1, 5, 6, 3), np.uint8)
+    drawn = outline(pictures, mask, colour=(255, 0, 0))
+    assert (drawn[0][edges] == [255, 0, 0]).all() and (drawn[0][~edges] == 0).all() and pictures.max() == 0

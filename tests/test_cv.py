@@ -53,3 +53,16 @@ def test_cv_trains_each_fold_once_and_tabulates(tmp_path, synthetic_cache, monke
 
     monkeypatch.setattr(runs.subprocess, "run", no_training)
     cv.main(["--config", "experiments/metablock.yaml", "--dir", str(out), *overrides])  # resumes: nothing to do
+
+
+def test_cv_refuses_an_official_split_before_training(tmp_path, monkeypatch):
+    """An official split is one partition: five "folds" of it would be five copies of one run."""
+    monkeypatch.chdir(REPO)
+    trained = []
+    monkeypatch.setattr(cv, "train_once", lambda *a, **k: trained.append(a))
+    with pytest.raises(ValueError, match=r"--data.split=official .*--data.split=folds"):
+        cv.main(["--config", "experiments/paper/attnmel_paper.yaml", "--dir", str(tmp_path / "cv")])
+    with pytest.raises(ValueError, match="--data.split=official"):
+        cv.main(["--config", "experiments/metablock.yaml", "--dir", str(tmp_path / "cv"), "--", "--data.split=official"])
+    assert trained == []
+    assert cv.data_option("experiments/paper/attnmel_paper.yaml", ["--data.split=folds"], "split", "folds") == "folds"

@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import dataset_writers as w
 from experiments.train import main as train
@@ -60,3 +62,7 @@ def test_attention_is_scored_against_the_real_masks(dataset, tmp_path):
     test = json.loads((run_dir / "metrics.json").read_text())["test"]
     for key in ("lesion_mass", "lesion_mass_attn1", "lesion_mass_attn2", "gradcam_lesion_mass"):
         assert 0.0 <= test[key] <= 1.0, key
+    # The logged attention panels carry the lesion's outline: white pixels inside the first 32 px tile
+    # (the jet colour map blended with a picture is never pure white).
+    panel = np.asarray(Image.open(sorted((run_dir / "attention").glob("*.png"))[0]).convert("RGB"))
+    assert (panel[:32, :32] == 255).all(axis=-1).any()

@@ -79,7 +79,7 @@ def test_predictions_file_round_trip(tmp_path):
 def test_evaluation_options_check_what_the_user_typed():
     options = EvaluationOptions(subgroups=["fitspatrick"], age_bands=[40, 60], positive=["MEL"])
     assert options.fields("synthetic", {"fitspatrick", "age"}) == ["fitspatrick"]
-    assert options.bands() == {"age": (40, 60), "age_approx": (40, 60)}
+    assert options.bands() == {"age": (40, 60), "age_approx": (40, 60), "age_approximate": (40, 60)}
     assert EvaluationOptions().fields("synthetic", {"fitspatrick", "age", "gender", "region", "smoke"}) == \
         ["fitspatrick", "gender", "age", "region"]
     assert EvaluationOptions().fields("isic2019", {"sex", "age_approx", "anatom_site_general"}) == \

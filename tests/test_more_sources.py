@@ -345,11 +345,20 @@ def test_fitzpatrick17k_missing_downloads_are_listed_or_dropped_with_a_warning(t
     assert message.startswith(f"fitzpatrick17k: 2 of 17 images listed in {ds.csv_path} are not under")
     assert f"{dead['md5hash']} (line 17, {dead['url']})" in message
     assert f"{none['md5hash']} (line 18, no url)" in message
-    assert "allow_missing_images: true" in message
+    assert "--data.allow_missing_images=true" in message
     with pytest.warns(UserWarning, match=r"fitzpatrick17k: 2 of 17 images .* never downloaded"):
         table = read_table("fitzpatrick17k", tmp_path, allow_missing_images=True)
     assert [r.image_id for r in table.records] == [row["md5hash"] for row in ds.rows[:15]]
     assert [r.line for r in table.records] == list(range(2, 17))
+    from datamodules.lesion_datamodule import LesionDataModule
+
+    with pytest.warns(UserWarning, match="never downloaded"):  # the datamodule option is the reader's
+        dm = LesionDataModule(dataset="fitzpatrick17k", data_dir=str(tmp_path), allow_missing_images=True,
+                              image_cache=False, n_folds=3)
+        assert len(dm.table.records) == 15
+    assert dm.hparams.source_options == {"allow_missing_images": True}
+    with pytest.raises(ValueError, match=r"--data.allow_missing_images=true: ddi's reader needs every listed image"):
+        LesionDataModule(dataset="ddi", data_dir=str(tmp_path), allow_missing_images=True)
 
 
 def test_fitzpatrick17k_partitions_and_skin_types(tmp_path):
@@ -450,7 +459,7 @@ def test_official_split_refused_for_datasets_without_one(tmp_path):
     assert OFFICIAL_SPLITS == ("isic2017", "derm7pt")
     with pytest.raises(DatasetError, match=r"ph2 ships no official split; datasets that do: \['isic2017', 'derm7pt'\]"):
         LesionDataModule("ph2", str(tmp_path), split="official")
-    with pytest.raises(ValueError, match=r"split must be one of \('folds', 'official'\), got 'paper'"):
+    with pytest.raises(ValueError, match=r"--data.split='paper': must be one of 'folds', 'official'"):
         LesionDataModule("isic2017", str(tmp_path), split="paper")
 
 

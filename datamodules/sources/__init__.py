@@ -7,6 +7,7 @@ module here with a ``read(data_dir, ...) -> LesionTable`` and one line in ``READ
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -27,9 +28,18 @@ READERS: dict[str, Callable[..., LesionTable]] = {
     "isic2024": isic2024.read,
 }
 DATASETS = ["synthetic", *READERS]
+#: Per dataset, the metadata columns the evaluation reports per value by default (skin type, sex,
+#: age, site, hospital where it records them); the synthetic data has PAD-UFES-20's columns.
+SUBGROUP_FIELDS: dict[str, list[str]] = {
+    "synthetic": list(pad_ufes20.SUBGROUP_FIELDS),
+    **{name: list(getattr(sys.modules[read.__module__], "SUBGROUP_FIELDS", [])) for name, read in READERS.items()},
+}
 #: Datasets that ship their own train / validation / test split (``--data.split=official``); their
 #: records carry it as ``official_split``.
 OFFICIAL_SPLITS = ("isic2017", "derm7pt")
+#: Datasets whose reader can leave out rows whose image was never downloaded
+#: (``--data.allow_missing_images=true``).
+MISSING_IMAGES_ALLOWED = ("fitzpatrick17k",)
 #: Datasets that ship an unlabeled (challenge) test set, and its reader.
 UNLABELED_READERS: dict[str, Callable[[Optional[str | Path]], LesionTable]] = {
     "isic2019": isic2019.read_unlabeled,

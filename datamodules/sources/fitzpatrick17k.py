@@ -4,7 +4,7 @@ from the ``url`` column and saves as ``<md5hash>.jpg``.
 16,577 clinical photos from two dermatology atlases, each with a Fitzpatrick skin type
 (``fitzpatrick_scale`` 1-6, ``-1`` unknown): the evaluation report's default subgroup. Some URLs
 are dead, so some rows never get an image: they are listed in an error, or with
-``allow_missing_images: true`` dropped with a warning that counts them. ``task:
+``--data.allow_missing_images=true`` (the reader's ``allow_missing_images``) dropped with a warning that counts them. ``task:
 three_partition`` (default): benign / malignant / non-neoplastic; ``nine_partition``; ``label``:
 the 114 conditions. No patient ids: each image is its own group.
 """
@@ -88,7 +88,7 @@ def _without_missing(frame, found: list[bool], csv_path: Path, index: reading.Im
             f"{DATASET}: {len(missing)} of {len(frame)} images listed in {csv_path} are not under "
             f"{[str(p) for p in index.searched]} (never downloaded: dead links?): {shown}"
             f"{'; ...' if len(missing) > 5 else ''}. Download them (saved as <md5hash>.jpg), or pass "
-            "--data.source_options='{allow_missing_images: true}' to train on the others"
+            "--data.allow_missing_images=true to train on the others"
         )
     warnings.warn(f"{DATASET}: {len(missing)} of {len(frame)} images listed in {csv_path} were never downloaded; "
                   f"their rows are left out (allow_missing_images)", stacklevel=3)

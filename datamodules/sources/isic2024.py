@@ -64,6 +64,8 @@ MEASUREMENTS = [
     "tbp_lv_stdLExt", "tbp_lv_symm_2axis", "tbp_lv_symm_2axis_angle",
 ]  # fmt: skip
 POSITION = ["tbp_lv_x", "tbp_lv_y", "tbp_lv_z"]
+#: Reported per value by the evaluation (sex, age band, body site, hospital).
+SUBGROUP_FIELDS = ["sex", "age_approx", "anatom_site_general", "attribution"]
 NUMERIC = ["age_approx", *MEASUREMENTS, *POSITION]
 #: The general sites ISIC uses (the 2024 file holds the first five).
 SITES = ["anterior torso", "posterior torso", "lower extremity", "upper extremity", "head/neck", "lateral torso",
@@ -165,6 +167,7 @@ def _table(root: Path, csv_path: Path, frame, labels: list[int], hdf5_name: str,
         categorical_columns=list(CATEGORICAL),
         default_features=[*DEFAULT_FEATURES, *(RELATIVE if patient_relative else [])],
         refused_features=dict(LEAK_COLUMNS),
+        subgroup_fields=list(SUBGROUP_FIELDS),
     )
 
 

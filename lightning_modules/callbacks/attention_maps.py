@@ -1,5 +1,6 @@
 """Attention maps over a fixed, class-balanced set of validation images, every validation epoch:
-upsampled to the image, colour-mapped, overlaid, logged to W&B as an image panel (captioned with
+upsampled to the image, colour-mapped, overlaid (with the lesion's outline in white when the data
+loads masks), logged to W&B as an image panel (captioned with
 label and prediction) and saved as one PNG grid per map under ``<run>/attention/``.
 
 Works for any module whose network is an :class:`~lightning_modules.contracts.AttentionNet`;
@@ -19,7 +20,7 @@ from lightning_modules.contracts import AttentionNet, PredictsClasses, evaluatio
 from lightning_modules.modules.base import DermModule
 from lightning_modules.utils.atomic_io import write_png
 from lightning_modules.utils.image_logging import log_images
-from lightning_modules.utils.images import denormalise, grid, normalise, overlay, upsample
+from lightning_modules.utils.images import denormalise, grid, normalise, outline, overlay, upsample
 
 
 def balanced_indices(labels: list[int], per_class: int) -> list[int]:
@@ -67,7 +68,10 @@ class AttentionMapLogger(L.Callback):
         out = {}
         for name, attention in maps.items():
             heat = normalise(upsample(attention.float(), image.shape[-2:])).cpu().numpy()
-            singles = list(overlay(pictures, heat, self.alpha))
+            overlays = overlay(pictures, heat, self.alpha)
+            if "mask" in batch:  # data with lesion masks (--data.load_masks=true): the lesion's outline
+                overlays = outline(overlays, batch["mask"].cpu().numpy())
+            singles = list(overlays)
             out[name] = (grid(singles, columns=2 * self.per_class), captions, singles)
         return out
 

@@ -11,20 +11,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Collection, Optional, Sequence
 
+from datamodules.sources import SUBGROUP_FIELDS as DATASET_SUBGROUP_FIELDS
 from lightning_modules.evaluation.bootstrap import DEFAULT_N_BOOT
 from lightning_modules.evaluation.subgroups import AGE_BANDS, DEFAULT_BANDS
 
-#: Per dataset, the fields reported per subgroup when ``--eval.subgroups`` is not given: skin type,
-#: sex, age band and body site where the dataset records them (PAD-UFES-20 and the synthetic data
-#: in PAD's columns; the ISIC archives' ``sex``, ``age_approx`` and anatomical site). A dataset
-#: missing here gets none unless ``--eval.subgroups`` names them.
-SUBGROUP_FIELDS: dict[str, tuple[str, ...]] = {
-    "synthetic": ("fitspatrick", "gender", "age", "region"),
-    "pad_ufes20": ("fitspatrick", "gender", "age", "region"),
-    "isic2019": ("sex", "age_approx", "anatom_site_general"),
-    "isic2020": ("sex", "age_approx", "anatom_site_general_challenge"),
-    "ham10000": ("sex", "age", "localization"),
-}
+#: Per dataset, the fields reported per subgroup when ``--eval.subgroups`` is not given: each
+#: reader's own (skin type, sex, age band, body site where the dataset records them).
+SUBGROUP_FIELDS = DATASET_SUBGROUP_FIELDS
 CALIBRATIONS = ("none", "temperature")
 
 

@@ -39,8 +39,9 @@ from lightning_modules.utils.atomic_io import atomic_write
 
 MISSING = "<missing>"
 AGE_BANDS = (30, 45, 60, 75)
-#: Numeric fields cut into bands by default (PAD-UFES-20 ``age``, ISIC ``age_approx``).
-DEFAULT_BANDS = {"age": AGE_BANDS, "age_approx": AGE_BANDS}
+#: Numeric fields cut into bands by default (PAD-UFES-20 and HAM10000 ``age``, ISIC ``age_approx``,
+#: ISIC 2017 ``age_approximate``).
+DEFAULT_BANDS = {"age": AGE_BANDS, "age_approx": AGE_BANDS, "age_approximate": AGE_BANDS}
 MIN_IMAGES = 20
 
 #: An operating point: the classes that count as positive and the threshold on the sum of their probabilities.
