@@ -264,9 +264,13 @@ def draw_optional(gallery: Gallery, metablock: Path, compare_dir: Optional[Path]
         gallery.add("reliability.png", "MetaBlock: reliability diagram", "MetaBlock's reliability diagram on the "
                     "test split.", [metablock], read_png(metablock / "test_reliability.png"))
     if (metablock / "subgroups.csv").is_file():
+        try:
+            chart = subgroup_chart(metablock / "subgroups.csv")
+        except ValueError as err:  # every run writes the file; a small test split may score no group
+            print(f"figures: no subgroup chart: {err}", flush=True)
+            return
         gallery.add("subgroups.png", "MetaBlock: subgroups", "Test AUROC and balanced accuracy per subgroup, with "
-                    "their intervals (groups too small to score are left out).", [metablock],
-                    figure_to_array(subgroup_chart(metablock / "subgroups.csv")))
+                    "their intervals (groups too small to score are left out).", [metablock], figure_to_array(chart))
 
 
 def draw(runs: dict[str, Path], out: Path, compare_dir: Optional[Path] = None) -> list[Figure]:

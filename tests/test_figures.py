@@ -96,7 +96,7 @@ def test_optional_figures_that_lost_their_source_are_removed(tmp_path):
 @pytest.mark.slow
 def test_make_figures_on_tiny_runs(tmp_path, synthetic_cache, monkeypatch):
     """Trains the five tiny runs, draws every figure, and draws them again from the same runs
-    (reused, not retrained) with a reliability diagram and subgroup results added to the MetaBlock run."""
+    (reused, not retrained) with a reliability diagram and scored subgroup results put in the MetaBlock run."""
     overrides = [f"--data.data_dir={synthetic_cache}", f"--data.source_options={json.dumps(SMALL_SYNTHETIC)}",
                  "--data.image_size=32", "--data.batch_size=16", "--data.num_workers=0", "--trainer.max_epochs=1",
                  "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
@@ -105,21 +105,23 @@ def test_make_figures_on_tiny_runs(tmp_path, synthetic_cache, monkeypatch):
     out, gallery = tmp_path / "docs" / "figures", tmp_path / "docs" / "gallery.md"
     argv = ["--work", str(tmp_path / "runs"), "--out", str(out), "--gallery", str(gallery), "--", *overrides]
     first = {f.name for f in figures.main(argv)}
-    assert first == ALWAYS and {p.name for p in out.iterdir()} == ALWAYS
-    drawn = {name: (out / name).read_bytes() for name in first}
+    # Every run's test writes its reliability diagram; its 50 test images score no subgroup (no chart).
+    metablock = tmp_path / "runs" / "metablock"
+    assert (metablock / "subgroups.csv").is_file()
+    assert first == ALWAYS | {"reliability.png"} and {p.name for p in out.iterdir()} == first
+    drawn = {name: (out / name).read_bytes() for name in ALWAYS}
     for name in first:
         image = Image.open(out / name)
         assert image.mode == "P" and image.width <= figures.MAX_WIDTH
         assert (out / name).stat().st_size < figures.MAX_BYTES, name
     assert not broken_links(gallery)
 
-    metablock = tmp_path / "runs" / "metablock"
     Image.new("RGB", (40, 30), "white").save(metablock / "test_reliability.png")
     (metablock / "subgroups.csv").write_text("field,value,images,auroc,auroc_ci_low,auroc_ci_high,bacc\n"
                                              "sex,female,40,0.9,0.8,0.95,0.7\n")
     second = {f.name for f in figures.main(argv)}
     assert second == ALWAYS | {"reliability.png", "subgroups.png"}
-    assert {name: (out / name).read_bytes() for name in first} == drawn  # the same runs, the same bytes
+    assert {name: (out / name).read_bytes() for name in ALWAYS} == drawn  # the same runs, the same bytes
     assert "subgroups.png" in gallery.read_text() and not broken_links(gallery)
 
 
@@ -139,3 +141,12 @@ def test_gallery_page_names_the_command_the_runs_and_the_notebook_and_its_links_
     (out / "a.png").unlink()
     broken = broken_links(page)  # the check sees a picture that is gone
     assert len(broken) == 2 and all(b.endswith("figures/a.png (no such file)") for b in broken)
+
+
+def test_a_run_whose_subgroups_are_all_unscored_gets_no_chart_and_no_error(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "subgroups.csv").write_text("field,value,images,auroc,bacc,note\nsex,female,7,,,not scored: 7 images\n")
+    gallery = figures.Gallery(tmp_path / "out")
+    figures.draw_optional(gallery, run, None)
+    assert gallery.figures == [] and not (tmp_path / "out" / "subgroups.png").exists()
