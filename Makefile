@@ -12,6 +12,8 @@
 #   make test        fast test suite (a few minutes on 2 CPU cores)
 #   make test-slow   the slow integration tests (DDP on CPU, longer runs)
 #   make bench       training and data-loading throughput of the default experiment
+#   make figures [RUNS=runs/compare/<stamp>]   the pictures in docs/figures/ (and docs/gallery.md)
+#   make notebook    the notebooks in JupyterLab
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
@@ -32,6 +34,7 @@ TTA ?= 1
 CV_DIR ?=
 SEEDS ?= 1 2 3
 COMPARE_DIR ?=
+RUNS ?=
 PRED ?=
 PRED2 ?=
 VAL ?=
@@ -49,7 +52,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 DATA_ARGS := $(if $(DATA),--data.dataset=$(DATA) --config experiments/data/$(DATA).yaml) $(if $(DATA_DIR),--data.data_dir=$(DATA_DIR))
 
-.PHONY: help install train preprocess cv compare predict evaluate explain test test-slow bench clean
+.PHONY: help install train preprocess cv compare predict evaluate explain test test-slow bench figures notebook clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -98,6 +101,13 @@ bench: $(STAMP) ## training and data-loading images/s of EXP, full-resolution vs
 	$(PY) -m experiments.bench_isic2024
 	$(PY) -m experiments.bench_push
 	$(PY) -m experiments.bench_gpu
+
+figures: $(STAMP) ## the pictures in docs/figures/ + docs/gallery.md, from runs it trains into runs/figures/ (or RUNS=runs/compare/<stamp>)
+	$(PY) -m experiments.figures $(if $(RUNS),--runs $(RUNS)) $(if $(ARGS),-- $(ARGS))
+
+notebook: $(STAMP) ## open notebooks/ in JupyterLab (installs the notebooks extra into .venv on first use)
+	@$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install -q -e '.[notebooks]'
+	$(VENV)/bin/jupyter lab notebooks
 
 clean: ## remove caches (keeps runs/, the synthetic data cache and .venv)
 	rm -rf wandb lightning_logs .pytest_cache

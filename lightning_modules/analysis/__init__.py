@@ -1,1 +1,2 @@
-"""Post-hoc saliency: Grad-CAM, and lesion-mass reports over a split."""
+"""Post-hoc saliency: Grad-CAM, lesion-mass reports over a split, and the figure of attention
+next to Grad-CAM."""

@@ -3,13 +3,10 @@ overlays, de-normalisation, grids. Plain functions on tensors / uint8 arrays, no
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from matplotlib import colormaps  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import colormaps
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

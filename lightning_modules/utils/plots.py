@@ -1,12 +1,19 @@
-"""Figures for dashboards and run folders, returned as RGB uint8 arrays (logger-agnostic)."""
+"""Figures for dashboards and run folders, returned as RGB uint8 arrays (logger-agnostic).
+
+Importing this module selects matplotlib's headless Agg backend (training never opens a window)
+unless a backend was chosen through ``MPLBACKEND``, as Jupyter's kernel does for its inline
+figures: a notebook that imports the library keeps showing its pictures.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import matplotlib
 
-matplotlib.use("Agg")  # headless; never opens a window
+if not os.environ.get("MPLBACKEND"):
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
