@@ -91,6 +91,16 @@ def evaluate_file(path: Path, val: Optional[Path], options: EvaluationOptions, o
     return write_report_files(report, out, "reliability.png", title, prefix=name)[0]
 
 
+def short_names(paths: list[Path]) -> list[str]:
+    """The files' last path parts, as few as tell them apart (``run/predictions.csv``, or
+    ``soft_attention/evidence/predictions.csv`` when two runs share a folder name)."""
+    for depth in range(2, max(len(p.parts) for p in paths) + 1):
+        names = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
+
+
 def slug(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", f"{path.parent.name}-{path.stem}").strip("-")
 
@@ -135,12 +145,13 @@ def main(argv=None) -> Path:
                                                                else f"comparison-{slug(paths[1])}")
     options = options_for(args, paths[0])
     reports = {}
+    titles = short_names(paths)
     try:
-        for role, path, val in zip("ab", paths, vals):
+        for role, path, val, title in zip("ab", paths, vals, titles):
             if val is not None:
                 print(f"{path}: operating points and temperature from {val}")
             name = "" if role == "a" else "b/"
-            reports[role] = evaluate_file(path, val, options, out / name, f"{path.parent.name}/{path.name}", name)
+            reports[role] = evaluate_file(path, val, options, out / name, title, name)
         comparison = (compare(read_predictions(paths[0]), read_predictions(paths[1]), n_boot=options.n_boot,
                               seed=options.seed, positive=options.positive) if len(paths) == 2 else None)  # fmt: skip
     except (PredictionsError, ValueError) as err:
@@ -156,8 +167,7 @@ def main(argv=None) -> Path:
         text += [report_markdown(reports["b"], f"B: {paths[1]}"), "## A vs B", "", comparison_markdown(comparison)]
     text.append(f"`{command}`\n")
     atomic_write(out / "evaluation.md", lambda f: f.write("\n".join(text)))
-    print(short_table({f"A: {paths[0].parent.name}/{paths[0].name}": reports["a"],
-                       **({f"B: {paths[1].parent.name}/{paths[1].name}": reports["b"]} if comparison else {})},
+    print(short_table({f"A: {titles[0]}": reports["a"], **({f"B: {titles[1]}": reports["b"]} if comparison else {})},
                       comparison))
     print(f"\nwrote {out / 'evaluation.json'}, {out / 'evaluation.md'}")
     return out

@@ -123,6 +123,10 @@ def test_make_evaluate_one_file_and_a_paired_comparison(tmp_path, capsys):
         assert (out / name).is_file(), name
     printed = capsys.readouterr().out
     assert "| macro AUROC |" in printed and "A - B [95 % CI], p" in printed
+    assert "| A: a/predictions.csv | B: b/predictions.csv |" in printed
+    # Two runs whose folders share a name are told apart by one more part of their paths.
+    assert evaluate.short_names([Path("x/seed1/predictions.csv"), Path("y/seed1/predictions.csv")]) == [
+        "x/seed1/predictions.csv", "y/seed1/predictions.csv"]
 
     line = subprocess.run(["make", "-n", "-W", "pyproject.toml", "evaluate", "PRED=a.csv", "PRED2=b.csv", "VAL=v.csv",
                            "OUT=o"], cwd=REPO, capture_output=True, text=True, check=True).stdout  # fmt: skip
