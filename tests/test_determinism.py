@@ -10,7 +10,12 @@ from experiments.train import main as train
 from tests.test_experiments import EXPERIMENTS, quick_args
 
 
-@pytest.mark.parametrize("config", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+#: Checked by every `make test`; the other experiments' pairs of runs (the slowest) run in `make test-slow`.
+FAST = ("metablock", "soft_attention")
+
+
+@pytest.mark.parametrize("config", [p if p.stem in FAST else pytest.param(p, marks=pytest.mark.slow)
+                                    for p in EXPERIMENTS], ids=[p.stem for p in EXPERIMENTS])
 def test_two_fresh_runs_with_one_seed_are_identical(config, tmp_path, synthetic_cache):
     def run(name: str):
         run_dir = train(quick_args(config, tmp_path / name, synthetic_cache, "--trainer.max_epochs=2",

@@ -73,8 +73,8 @@ def interrupt(process, sig, code: int, tmp_path):
     return run_dir, interrupted
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 1)],
-                         ids=["sigterm", "ctrl-c"])
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 128 + signal.SIGTERM),
+                                      pytest.param(signal.SIGINT, 1, marks=pytest.mark.slow)], ids=["sigterm", "ctrl-c"])
 def test_a_signal_mid_epoch_saves_a_resumable_checkpoint(sig, code, uninterrupted, tmp_path, synthetic_cache):
     process, marker = start_paused_run(tmp_path, synthetic_cache, step=6)  # epoch 1, third batch
     assert marker.read_text() == "1 1"
@@ -104,12 +104,14 @@ def test_a_signal_mid_epoch_saves_a_resumable_checkpoint(sig, code, uninterrupte
     assert_same_run(uninterrupted, run_dir, test=False)
 
 
+# A signal in validation (the case that must be held) with every `make test`; the other four
+# places, in `make test-slow`.
 @pytest.mark.parametrize("hook,sig,code", [
-    ("train_batch_end", signal.SIGTERM, 128 + signal.SIGTERM),
+    pytest.param("train_batch_end", signal.SIGTERM, 128 + signal.SIGTERM, marks=pytest.mark.slow),
     ("validation_batch_end", signal.SIGTERM, 128 + signal.SIGTERM),
-    ("validation_batch_end", signal.SIGINT, 1),
-    ("validation_end", signal.SIGTERM, 128 + signal.SIGTERM),
-    ("train_epoch_end", signal.SIGTERM, 128 + signal.SIGTERM),
+    pytest.param("validation_batch_end", signal.SIGINT, 1, marks=pytest.mark.slow),
+    pytest.param("validation_end", signal.SIGTERM, 128 + signal.SIGTERM, marks=pytest.mark.slow),
+    pytest.param("train_epoch_end", signal.SIGTERM, 128 + signal.SIGTERM, marks=pytest.mark.slow),
 ], ids=["after-last-batch", "in-validation", "ctrl-c-in-validation", "after-validation", "at-epoch-end"])
 def test_a_signal_at_an_epochs_end_stops_after_it_and_resumes_into_the_same_run(hook, sig, code, uninterrupted,
                                                                                 tmp_path, synthetic_cache):
@@ -129,8 +131,8 @@ def test_a_signal_at_an_epochs_end_stops_after_it_and_resumes_into_the_same_run(
     assert_same_run(uninterrupted, run_dir, test=False)
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 1)],
-                         ids=["sigterm", "ctrl-c"])
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 128 + signal.SIGTERM),
+                                      pytest.param(signal.SIGINT, 1, marks=pytest.mark.slow)], ids=["sigterm", "ctrl-c"])
 def test_a_signal_in_the_sanity_check_stops_before_training_and_resumes_into_the_same_run(sig, code, uninterrupted,
                                                                                          tmp_path, synthetic_cache):
     """Held like one in validation: the sanity check ends, the run stops before its first batch

@@ -21,7 +21,12 @@ def test_notebook_is_committed_without_outputs(path):
             assert not cell.outputs and cell.execution_count is None, f"{path.name}: strip outputs"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+# The two notebooks that train a model when there is no run execute in `make test-slow`.
+TRAINING = ("attention_maps", "prototypes")
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in TRAINING else p
+                                  for p in NOTEBOOKS], ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes_and_shows_its_figures(path, tmp_path, monkeypatch):
     """Run as Jupyter runs it, from the notebook's own folder (its paths must still resolve), and
     with Jupyter's inline backend: every notebook must show at least one picture."""

@@ -69,7 +69,9 @@ def assert_same_run(a: Path, b: Path, test: bool = True, epochs: int = 3) -> Non
     assert test_a == test_b
 
 
-@pytest.mark.parametrize("case", CASES)
+# metablock with every `make test`; ProtoPNet (a push on each side of the stop) and ABE-M (P x K
+# batches), the slowest, in `make test-slow`.
+@pytest.mark.parametrize("case", [c if c == "metablock" else pytest.param(c, marks=pytest.mark.slow) for c in CASES])
 def test_resume_after_an_epoch_equals_the_uninterrupted_run(case, tmp_path, synthetic_cache):
     config, *extra = CASES[case]
     args = quick_args(REPO / "experiments" / config, tmp_path / "runs", synthetic_cache, *LIMITS, *extra)
