@@ -15,7 +15,7 @@ its validation split; its logits are divided by it before the softmax (each ense
 its own). ``--no-calibration`` gives the uncalibrated probabilities.
 
 The file has each image's ``group`` (patient or lesion) and the dataset's subgroup metadata fields
-(``lightning_modules.evaluation.options.SUBGROUP_FIELDS``), so that ``make evaluate`` can score it.
+(``datamodules.sources.SUBGROUP_FIELDS``), so that ``make evaluate`` can score it.
 
 ``--split unlabeled`` reads the challenge test set the dataset ships without labels (ISIC 2019:
 ``ISIC_2019_Test_Metadata.csv`` + ``ISIC_2019_Test_Input/``; ISIC 2020: ``test.csv`` +

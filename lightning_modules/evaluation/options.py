@@ -11,13 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Collection, Optional, Sequence
 
-from datamodules.sources import SUBGROUP_FIELDS as DATASET_SUBGROUP_FIELDS
+from datamodules.sources import SUBGROUP_FIELDS
 from lightning_modules.evaluation.bootstrap import DEFAULT_N_BOOT
 from lightning_modules.evaluation.subgroups import AGE_BANDS, DEFAULT_BANDS
 
-#: Per dataset, the fields reported per subgroup when ``--eval.subgroups`` is not given: each
-#: reader's own (skin type, sex, age band, body site where the dataset records them).
-SUBGROUP_FIELDS = DATASET_SUBGROUP_FIELDS
 CALIBRATIONS = ("none", "temperature")
 
 
@@ -32,7 +29,7 @@ class EvaluationOptions:
 
     Args:
         subgroups: metadata fields reported per value (``[]``: none); default: the dataset's
-            (:data:`SUBGROUP_FIELDS`).
+            (each reader's, ``datamodules.sources.SUBGROUP_FIELDS``).
         age_bands: band edges for ``age`` / ``age_approx`` (default ``[30, 45, 60, 75]``: <30,
             30-44, 45-59, 60-74, >=75).
         positive: classes scored together for operating points and subgroup sensitivity, e.g.
