@@ -75,15 +75,20 @@ def test_reducer_and_batch_of_one():
 
 
 def test_warmup_cosine_schedule_values():
+    """The rate each of 5 epochs trains at: warm-up 1/2, then a cosine from 1 at epoch 1 to
+    ``min_factor`` at the last epoch (4): 0.1 + 0.9 * (1 + cos(pi * k / 3)) / 2 for k = 0..3."""
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = WarmupCosine(opt, warmup_epochs=1, total_epochs=5, min_factor=0.0)
+    sched = WarmupCosine(opt, warmup_epochs=1, total_epochs=5, min_factor=0.1)
     lrs = []
     for _ in range(5):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    # warm-up 1/2, then cosine from 1 over 4 epochs: 1, cos^2 halves...
-    assert lrs == pytest.approx([0.5, 1.0, 0.8535534, 0.5, 0.1464466], abs=1e-6)
+    assert lrs == pytest.approx([0.5, 1.0, 0.775, 0.325, 0.1], abs=1e-12)
+    assert lrs[-1] == 0.1  # exactly the floor
+    single = WarmupCosine(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), warmup_epochs=1,
+                          total_epochs=2)  # fmt: skip
+    assert [single.factor(e) for e in range(2)] == [0.5, 1.0]  # one epoch after warm-up: no room to decay
 
 
 def test_hand_built_module_checkpoint_is_weights_only(tmp_path):
@@ -117,7 +122,8 @@ def test_warmup_cosine_follows_a_longer_resumed_run():
     resumed = WarmupCosine(opt2, warmup_epochs=0, min_factor=0.0)
     resumed.run_epochs = 4
     resumed.load_state_dict(sched.state_dict())
-    assert resumed.run_epochs == 4 and resumed.factor(2) == pytest.approx(0.5)
+    assert resumed.run_epochs == 4 and resumed.factor(2) == pytest.approx(0.25)  # (1 + cos(2 pi / 3)) / 2
+    assert resumed.factor(3) == 0.0  # the longer run's last epoch is at the floor
 
 
 def test_plateau_scheduler_must_match_the_monitor():

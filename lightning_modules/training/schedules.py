@@ -11,7 +11,9 @@ from torch.optim.lr_scheduler import LambdaLR
 
 class WarmupCosine(LambdaLR):
     """Linear warm-up for ``warmup_epochs`` then cosine decay to ``min_factor`` of the base rate
-    (the ISIC 2020 winners' schedule), stepped per epoch.
+    (the ISIC 2020 winners' schedule), stepped per epoch: the first epoch after warm-up trains at
+    the full rate and the run's last epoch (``total - 1``) at exactly ``min_factor`` (a decay of a
+    single epoch has no room to fall and stays at the full rate).
 
     ``total_epochs=None`` follows ``trainer.max_epochs``: the module sets ``run_epochs`` in
     ``configure_optimizers``, and it is left out of the scheduler's state, so a run resumed with a
@@ -40,5 +42,5 @@ class WarmupCosine(LambdaLR):
         if epoch < self.warmup_epochs:
             return (epoch + 1) / (self.warmup_epochs + 1)
         total = max(self.total_epochs or self.run_epochs or 1, self.warmup_epochs + 1)
-        progress = min(1.0, (epoch - self.warmup_epochs) / max(1, total - self.warmup_epochs))
+        progress = min(1.0, (epoch - self.warmup_epochs) / max(1, total - 1 - self.warmup_epochs))
         return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
