@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from types import SimpleNamespace
 
@@ -200,3 +201,36 @@ def test_protopnet_loss_custom_ce_and_single_class():
     one = torch.ones(4, 1)
     assert separation_cost(MIN_DISTANCES, torch.zeros(2, dtype=torch.long), one).item() == 0.0
     assert cluster_cost(MIN_DISTANCES, torch.zeros(2, dtype=torch.long), one).item() == pytest.approx(0.375)
+
+
+def test_one_last_layer_optimiser_for_the_run_and_its_checkpoint():
+    """The last layer's Adam outlives a push (its step count and moments go on), travels in the
+    checkpoint, and a resumed module's next push goes on from the saved moments."""
+    from functools import partial
+
+    from lightning_modules.modules.protopnet import ProtoPNetModule
+    from lightning_modules.protopnet.projection import fit_last_layer
+
+    net = partial(ProtoPNet, backbone="test_resnet", prototypes_per_class=2, prototype_dim=4)
+    module = ProtoPNetModule(net=lambda k, m: net(k), num_classes=3)
+    sims, labels = torch.rand(10, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    layer = module.net.last_layer
+
+    def push(m: ProtoPNetModule, seed: int) -> None:  # the last-layer fit of a push: 2 passes of 3 batches
+        fit_last_layer(m.net.last_layer, sims, labels, nn.CrossEntropyLoss(), 1e-4, None, 2, m.last_layer_optimizer(),
+                       4, seed)  # fmt: skip
+
+    push(module, 0)
+    assert module.last_layer_optimizer() is module.last_layer_optimizer()
+    assert int(module.last_layer_optimizer().state[layer.weight]["step"]) == 6
+    checkpoint, buffer = {}, io.BytesIO()
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    resumed = ProtoPNetModule(net=lambda k, m: net(k), num_classes=3)
+    resumed.net.load_state_dict(module.net.state_dict())
+    resumed.on_load_checkpoint(torch.load(buffer, weights_only=True))
+    push(module, 1)
+    push(resumed, 1)
+    assert int(resumed.last_layer_optimizer().state[resumed.net.last_layer.weight]["step"]) == 12
+    assert torch.equal(resumed.net.last_layer.weight, layer.weight)  # the same second push

@@ -107,7 +107,7 @@ class ProtoPNetModule(LesionClassifier):
                 the stage schedule (the paper's values by default).
             weight_decay: on backbone and add-on layers (not on prototypes), as in the paper's code.
             last_layer_epochs, last_layer_lr, last_layer_batch_size: the last-layer-only
-                optimisation after each push.
+                optimisation after each push (one Adam for the run: :meth:`last_layer_optimizer`).
             push_start, push_every: push after epochs push_start, push_start + push_every, ...
                 (counted from 1, as in the paper: "push at epoch 10 and every 10 epochs").
             push_at_end: also push after the final epoch, so the final model's prototypes are
@@ -136,6 +136,8 @@ class ProtoPNetModule(LesionClassifier):
         self.cost_weights = {"clst": cluster_weight, "sep": separation_weight, "l1": l1_weight}
         self.push_epochs: list[int] = []
         self._stage: Optional[str] = None
+        self._last_layer_optimizer: Optional[torch.optim.Adam] = None
+        self._last_layer_state: Optional[dict] = None  # from a checkpoint, until the next push
 
     def forward(self, image: torch.Tensor, meta: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.net(image, meta).logits
@@ -191,6 +193,21 @@ class ProtoPNetModule(LesionClassifier):
         hp = self.hparams
         return [PrototypePush(push_start=hp.push_start, push_every=hp.push_every, push_at_end=hp.push_at_end)]
 
+    def last_layer_optimizer(self) -> torch.optim.Adam:
+        """The last layer's Adam, one for the whole run as in the reference code (``main.py`` of
+        https://github.com/cfchen-duke/ProtoPNet/tree/81bf2b70cb60e4f36e25e8be386eb616b7459321
+        builds ``last_layer_optimizer`` once): its moments carry over from one push to the next,
+        and checkpoints keep them, so a resumed run's next push is the uninterrupted run's."""
+        if self._last_layer_optimizer is None:
+            self._last_layer_optimizer = torch.optim.Adam(self.net.last_layer.parameters(),
+                                                          lr=self.hparams.last_layer_lr)  # fmt: skip
+        if self._last_layer_state is not None:  # loaded now, so that its moments go to the layer's device
+            self._last_layer_optimizer.load_state_dict(self._last_layer_state)
+            for group in self._last_layer_optimizer.param_groups:  # a resume may set another rate
+                group["lr"] = self.hparams.last_layer_lr
+            self._last_layer_state = None
+        return self._last_layer_optimizer
+
     def push_prototypes(self, batches: Iterable[dict]) -> PushOutcome:
         """Project every prototype onto its nearest training patch and optimise the last layer
         alone. ``batches``: every training image once, un-augmented (this process's shard under
@@ -215,7 +232,7 @@ class ProtoPNetModule(LesionClassifier):
                                                   self.device, gather)  # fmt: skip
         identity = self.net.prototype_class_identity if self.net.class_specific else None
         loss = fit_last_layer(self.net.last_layer, similarities, labels, self.criterion, self.cost_weights["l1"],
-                              identity, self.hparams.last_layer_epochs, self.hparams.last_layer_lr,
+                              identity, self.hparams.last_layer_epochs, self.last_layer_optimizer(),
                               self.hparams.last_layer_batch_size, seed=len(self.push_epochs),
                               progress=lambda passes: progress(self.trainer, passes, "push 3/4: last layer"))  # fmt: skip
         if distributed:
@@ -250,7 +267,13 @@ class ProtoPNetModule(LesionClassifier):
         super().on_save_checkpoint(checkpoint)
         checkpoint["protopnet_push_epochs"] = list(self.push_epochs)
         checkpoint["protopnet_last_push_epoch"] = self.push_epochs[-1] if self.push_epochs else -1
+        state = self._last_layer_state  # not yet loaded into the optimiser: still the latest
+        if state is None and self._last_layer_optimizer is not None:
+            state = self._last_layer_optimizer.state_dict()
+        if state is not None:
+            checkpoint["protopnet_last_layer_optimizer"] = state
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.push_epochs = [int(e) for e in checkpoint.get("protopnet_push_epochs", [])]
+        self._last_layer_state = checkpoint.get("protopnet_last_layer_optimizer")

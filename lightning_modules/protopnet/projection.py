@@ -8,7 +8,7 @@ decides when and draws the result.
 2. projection: each prototype becomes that patch;
 3. last-layer-only optimisation (convex): the network below the last layer is now fixed, so the
    training images' similarity vectors are computed once and the last layer is fitted on them with
-   Adam, the classification loss + L1 on wrong-class connections.
+   the run's last-layer optimiser (Adam), the classification loss + L1 on wrong-class connections.
 """
 
 from __future__ import annotations
@@ -74,14 +74,15 @@ def similarity_vectors(net: nn.Module, batches: Iterable[dict], device: torch.de
 
 
 def fit_last_layer(layer: nn.Linear, similarities: torch.Tensor, labels: torch.Tensor, criterion: nn.Module,
-                   l1_weight: float, prototype_class_identity: Optional[torch.Tensor], epochs: int, lr: float,
-                   batch_size: int, seed: int, progress: Callable[[Iterable[int]], Iterable[int]] = iter) -> float:
-    """Adam on ``criterion(layer(similarities)) + l1_weight * L1`` (wrong-class weights when
-    ``prototype_class_identity`` is given, every weight otherwise) for ``epochs`` shuffled passes
-    (shuffled by ``seed``); the final batch loss. The layer is left frozen. ``progress`` wraps the
-    passes (a progress bar)."""
+                   l1_weight: float, prototype_class_identity: Optional[torch.Tensor], epochs: int,
+                   optimizer: torch.optim.Optimizer, batch_size: int, seed: int,
+                   progress: Callable[[Iterable[int]], Iterable[int]] = iter) -> float:
+    """``optimizer`` (over ``layer``'s parameters, kept for the whole run: its state carries over
+    from one push to the next) on ``criterion(layer(similarities)) + l1_weight * L1`` (wrong-class
+    weights when ``prototype_class_identity`` is given, every weight otherwise) for ``epochs``
+    shuffled passes (shuffled by ``seed``); the final batch loss. The layer is left frozen.
+    ``progress`` wraps the passes (a progress bar)."""
     layer.weight.requires_grad_(True)
-    optimizer = torch.optim.Adam(layer.parameters(), lr=lr)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     loss = torch.zeros(())
     with torch.enable_grad():
