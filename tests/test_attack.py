@@ -308,3 +308,29 @@ def test_paper_attack_reproduces_the_reference_pgd(grid7):
     improved = paper_attack_improved(net, image, 1, region, loc, seed=3, mean=MEAN, std=STD)
     assert improved.suppressed_cells == [c for c in high_activation_cells(clean) if c not in loc]
     assert not torch.allclose(improved.perturbation, result.perturbation, atol=1e-3)
+
+
+def test_the_batched_paper_attack_is_each_images_own(grid7):
+    """Three images attacked together (each its own prototype, region and target) end where each
+    one's ``paper_attack`` ends: the same pixels changed by the same steps, the same similarities."""
+    from lightning_modules.protopnet.attack import paper_attack, paper_attack_batch
+
+    net, _ = grid7
+    torch.manual_seed(11)
+    images = normalise(torch.rand(3, 3, 112, 112))
+    regions = torch.zeros(3, 112, 112, dtype=torch.bool)
+    regions[0, :16, :16] = regions[1, 48:80, 32:48] = regions[2, 96:, 96:] = True
+    prototypes, targets = [1, 0, 1], [[(0, 0)], [(3, 2), (4, 2)], [(6, 6)]]
+    net.train()
+    together = paper_attack_batch(net, images, prototypes, regions, targets, steps=10, seed=4, mean=MEAN, std=STD)
+    assert net.training  # mode restored
+    for i, result in enumerate(together):
+        alone = paper_attack(net, images[i:i + 1], prototypes[i], regions[i], targets[i], steps=10, seed=4,
+                             mean=MEAN, std=STD)  # fmt: skip
+        assert result.target_cells == alone.target_cells and result.suppressed_cells == alone.suppressed_cells
+        assert torch.allclose(result.perturbation, alone.perturbation, atol=1e-6)
+        assert (result.perturbation[..., ~regions[i]] == 0).all() and result.perturbation.abs().amax() > 0
+        assert result.similarity_after == pytest.approx(alone.similarity_after, abs=1e-5)
+        assert result.similarity_before == pytest.approx(alone.similarity_before, abs=1e-5)
+    with pytest.raises(ValueError, match="3 images need 3 prototypes"):
+        paper_attack_batch(net, images, [1, 0], regions, targets)

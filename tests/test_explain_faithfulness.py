@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lightning_modules.explain.baselines import random_map
-from lightning_modules.explain.deletion import area, blurred, curves, relevance_ranks
+from lightning_modules.explain.deletion import area, blurred, curves, end_points, relevance_ranks
 from lightning_modules.explain.road import road
 from lightning_modules.explain.target import ClassScores
 
@@ -77,6 +77,27 @@ def test_deletion_of_the_lesion_beats_a_random_order():
         random = curves(model, image, None, classes, random_map(4, (4, 4), generator), generator, substrate, steps=8)
         assert (area(lesion_map["deletion"]) < area(random["deletion"])).all()
         assert (area(lesion_map["insertion"]) > area(random["insertion"])).all()
+
+
+def test_the_shared_end_points_are_the_image_and_the_substrate():
+    """Every curve starts and ends on the image itself and on the substrate, whatever the map:
+    ``end_points`` computes those two once, and curves handed them equal curves that compute them."""
+    lesion, image, model = lesion_case(size=16, side=8, batch=3)
+    classes = torch.tensor([1, 0, 1])
+    substrate = blurred(image)
+    ends = end_points(model, image, None, classes, substrate)
+    on_image = model(image, None).softmax(dim=1).gather(1, classes[:, None])[:, 0]
+    on_substrate = model(substrate, None).softmax(dim=1).gather(1, classes[:, None])[:, 0]
+    assert torch.allclose(ends, torch.stack([on_image, on_substrate], dim=1), atol=1e-7)
+    for maps in (lesion.expand(3, 16, 16), random_map(3, (4, 4), torch.Generator().manual_seed(2))):
+        alone = curves(model, image, None, classes, maps, torch.Generator().manual_seed(3), substrate, steps=5)
+        shared = curves(model, image, None, classes, maps, torch.Generator().manual_seed(3), substrate, steps=5, ends=ends)
+        for kind in ("deletion", "insertion"):
+            assert alone[kind].shape == (3, 6) and torch.allclose(alone[kind], shared[kind], atol=1e-7)
+        assert torch.allclose(alone["deletion"][:, 0], on_image) and torch.allclose(alone["deletion"][:, -1], on_substrate)
+        assert torch.allclose(alone["insertion"][:, 0], on_substrate) and torch.allclose(alone["insertion"][:, -1], on_image)
+    single = curves(model, image, None, classes, lesion.expand(3, 16, 16), torch.Generator(), substrate, steps=1)
+    assert torch.equal(single["deletion"], ends) and torch.equal(single["insertion"], ends.flip(1))
 
 
 def test_the_substrate_blur_scales_with_the_image():

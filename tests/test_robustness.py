@@ -412,7 +412,8 @@ def test_push_progress_follows_the_trainers_progress_bar():
     seen = []
     layer = torch.nn.Linear(4, 2, bias=False)
     fit_last_layer(layer, torch.randn(8, 4), torch.randint(0, 2, (8,)), torch.nn.CrossEntropyLoss(), 0.0, None,
-                   epochs=3, optimizer=torch.optim.Adam(layer.parameters(), lr=0.01), batch_size=4, seed=0, progress=lambda passes: (seen.append(p) or p for p in passes))
+                   epochs=3, optimizer=torch.optim.Adam(layer.parameters(), lr=0.01), batch_size=4, seed=0,
+                   progress=lambda passes: (seen.append(p) or p for p in passes))
     assert seen == [0, 1, 2]
 
 

@@ -1,5 +1,5 @@
 """How easily can a ProtoPNet explanation be faked? The "this does not look like that" attack
-(Hoffmann et al. 2021, ``protopnet.attack.paper_attack``) over a set of images.
+(Hoffmann et al. 2021, ``protopnet.attack.paper_attack``) over a set of images, attacked together.
 
 For each image: the top prototype (the most activated one on the clean image) and its clean top
 cell; the attacked region is the grid cell farthest from that top cell (Euclidean distance
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from lightning_modules.protopnet.analysis import region_mask
-from lightning_modules.protopnet.attack import paper_attack
+from lightning_modules.protopnet.attack import paper_attack_batch
 
 
 @dataclass
@@ -50,23 +50,36 @@ def cell_box(cell: tuple[int, int], grid: tuple[int, int], size: tuple[int, int]
 def attack_image(net: nn.Module, image: torch.Tensor, meta: torch.Tensor, epsilon: float, steps: int,
                  step_size: float, mean: Sequence[float], std: Sequence[float], seed: int = 0) -> AttackOutcome:
     """The attack on one image ``(1, 3, H, W)`` (normalised with ``mean``/``std``)."""
+    return attack_images(net, image, meta, epsilon, steps, step_size, mean, std, seed)[0]
+
+
+def attack_images(net: nn.Module, image: torch.Tensor, meta: torch.Tensor, epsilon: float, steps: int,
+                  step_size: float, mean: Sequence[float], std: Sequence[float], seed: int = 0) -> list[AttackOutcome]:
+    """The attack on each of the images ``(B, 3, H, W)``, all attacked together
+    (:func:`~lightning_modules.protopnet.attack.paper_attack_batch`: one pass per PGD step for the
+    batch; each image's outcome is its own attack's)."""
     with torch.no_grad():
         output = net(image, meta)
-        predicted = int(output.logits.argmax(dim=1))
-        probability_before = float(output.logits.softmax(dim=1)[0, predicted])
-        similarity = net.distance_to_similarity(output.distances)[0]  # (m, h, w)
-        prototype = int(net.distance_to_similarity(output.min_distances)[0].argmax())
-        grid = tuple(similarity.shape[-2:])
-        flat = int(similarity[prototype].flatten().argmax())
-        top = divmod(flat, grid[1])
-    target = farthest_cell(top, grid)
-    region = cell_box(target, grid, tuple(image.shape[-2:]))
-    result = paper_attack(net, image, prototype, region_mask(tuple(image.shape[-2:]), region), [target],
-                          epsilon=epsilon, steps=steps, step_size=step_size, seed=seed, mean=mean, std=std)
+        probabilities = output.logits.softmax(dim=1)
+        predicted = output.logits.argmax(dim=1)
+        similarity = net.distance_to_similarity(output.distances)  # (B, m, h, w)
+        prototypes = net.distance_to_similarity(output.min_distances).argmax(dim=1).tolist()
+    grid, size = tuple(similarity.shape[-2:]), tuple(image.shape[-2:])
+    tops = [divmod(int(similarity[i, p].flatten().argmax()), grid[1]) for i, p in enumerate(prototypes)]
+    targets = [farthest_cell(top, grid) for top in tops]
+    regions = [cell_box(target, grid, size) for target in targets]
+    masks = torch.stack([region_mask(size, region) for region in regions])
+    results = paper_attack_batch(net, image, prototypes, masks, [[target] for target in targets], epsilon=epsilon,
+                                 steps=steps, step_size=step_size, seed=seed, mean=mean, std=std)  # fmt: skip
     with torch.no_grad():
-        probability_after = float(net(result.image, meta).logits.softmax(dim=1)[0, predicted])
-    clean_top = float(similarity[prototype].max())
-    return AttackOutcome(success=result.similarity_after > clean_top, similarity_clean_top=clean_top,
-                         similarity_region_before=result.similarity_before,
-                         similarity_region_after=result.similarity_after, probability_before=probability_before,
-                         probability_after=probability_after, region=region)  # fmt: skip
+        after = net(torch.cat([r.image for r in results]), meta).logits.softmax(dim=1)
+    outcomes = []
+    for i, (result, p) in enumerate(zip(results, prototypes)):
+        clean_top = float(similarity[i, p].max())
+        c = int(predicted[i])
+        outcomes.append(AttackOutcome(success=result.similarity_after > clean_top, similarity_clean_top=clean_top,
+                                      similarity_region_before=result.similarity_before,
+                                      similarity_region_after=result.similarity_after,
+                                      probability_before=float(probabilities[i, c]),
+                                      probability_after=float(after[i, c]), region=regions[i]))  # fmt: skip
+    return outcomes

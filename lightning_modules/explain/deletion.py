@@ -13,8 +13,9 @@ the model sees fewer out-of-range inputs than with black; the blur scales with t
 (``sigma = BLUR_SIGMA * side``). Pixels of equal relevance are taken in a random order (seeded),
 so a map's plateaus do not favour one corner.
 
-Cost: ``T + 1`` forward passes per image and curve; every step of every image in a batch goes
-through the network together, ``chunk`` images per forward pass.
+Cost: ``T - 1`` forward passes per image and curve, plus two per image for the end points that
+every curve shares (the image itself and the substrate); every step of every image in a batch
+goes through the network together, ``chunk`` images per forward pass.
 """
 
 from __future__ import annotations
@@ -67,23 +68,43 @@ def class_probabilities(model: ClassScores, images: torch.Tensor, meta: Optional
     return torch.cat(out)
 
 
+def end_points(model: ClassScores, image: torch.Tensor, meta: Optional[torch.Tensor], classes: torch.Tensor,
+               substrate: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """``(B, 2)``: the class probability on the image itself and on the substrate. Every curve
+    starts and ends on these two inputs whatever the map (deletion runs from the image to the
+    substrate, insertion back), so they are computed once per image, not twice per map."""
+    pair = torch.stack([image, substrate], dim=1).flatten(0, 1)
+    repeat = lambda t: t.repeat_interleave(2, dim=0)  # noqa: E731
+    return class_probabilities(model, pair, None if meta is None else repeat(meta), repeat(classes), chunk).view(-1, 2)
+
+
 def curves(model: ClassScores, image: torch.Tensor, meta: Optional[torch.Tensor], classes: torch.Tensor,
            maps: torch.Tensor, generator: torch.Generator, substrate: Optional[torch.Tensor] = None,
-           steps: int = STEPS, chunk: int = 512) -> dict[str, torch.Tensor]:
+           steps: int = STEPS, chunk: int = 512, ends: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
     """``{"deletion": (B, T+1), "insertion": (B, T+1)}`` class probabilities along the order of
-    ``maps`` (any grid)."""
+    ``maps`` (any grid). ``ends``: :func:`end_points` of these images, when already computed for
+    another map (only the ``T - 1`` inner steps of each curve depend on the map)."""
     b, c, h, w = image.shape
     n = h * w
     substrate = blurred(image) if substrate is None else substrate
+    if ends is None:
+        ends = end_points(model, image, meta, classes, substrate, chunk)
     ranks = relevance_ranks(maps, (h, w), generator).to(image.device)
-    counts = torch.tensor([round(k * n / steps) for k in range(steps + 1)], device=image.device)
-    changed = (ranks[:, None, :] < counts[None, :, None]).view(b, steps + 1, 1, h, w)
-    original, canvas = image[:, None], substrate[:, None]
-    inputs = torch.cat([torch.where(changed, canvas, original), torch.where(changed, original, canvas)], dim=1)
-    repeat = lambda t: t.repeat_interleave(2 * (steps + 1), dim=0)  # noqa: E731
-    probs = class_probabilities(model, inputs.flatten(0, 1), None if meta is None else repeat(meta), repeat(classes),
-                                chunk).view(b, 2, steps + 1)  # fmt: skip
-    return {"deletion": probs[:, 0], "insertion": probs[:, 1]}
+    inner = steps - 1
+    if inner > 0:
+        counts = torch.tensor([round(k * n / steps) for k in range(1, steps)], device=image.device)
+        changed = (ranks[:, None, :] < counts[None, :, None]).view(b, inner, 1, h, w)
+        original, canvas = image[:, None], substrate[:, None]
+        inputs = torch.cat([torch.where(changed, canvas, original), torch.where(changed, original, canvas)], dim=1)
+        repeat = lambda t: t.repeat_interleave(2 * inner, dim=0)  # noqa: E731
+        probs = class_probabilities(model, inputs.flatten(0, 1), None if meta is None else repeat(meta),
+                                    repeat(classes), chunk).view(b, 2, inner)  # fmt: skip
+    else:
+        probs = image.new_zeros(b, 2, 0)
+    ends = ends.to(probs)
+    on_image, on_substrate = ends[:, :1], ends[:, 1:]
+    return {"deletion": torch.cat([on_image, probs[:, 0], on_substrate], dim=1),
+            "insertion": torch.cat([on_substrate, probs[:, 1], on_image], dim=1)}
 
 
 def area(curve: torch.Tensor) -> torch.Tensor:

@@ -22,10 +22,10 @@ import torch
 from tqdm.auto import tqdm
 
 from lightning_modules.contracts import PredictsClasses, PrototypeNet
-from lightning_modules.explain.attack_success import attack_image
+from lightning_modules.explain.attack_success import attack_images
 from lightning_modules.explain.attention import attention_names
 from lightning_modules.explain.baselines import CENTRE_SIGMA, centre_map, random_map, uniform_map
-from lightning_modules.explain.deletion import BLUR_SIGMA, STEPS, area, blurred, curves
+from lightning_modules.explain.deletion import BLUR_SIGMA, STEPS, area, blurred, curves, end_points
 from lightning_modules.explain.integrated_gradients import STEPS as IG_STEPS
 from lightning_modules.explain.localisation import LOCALISATION, pointing_tolerance
 from lightning_modules.explain.maps import METHODS, compute_maps, offered
@@ -51,6 +51,7 @@ class Settings:
     road_images: Optional[int] = 16  # ROAD solves a sparse system per image, fraction and order
     sanity_images: Optional[int] = 8  # each randomisation step recomputes every map
     attack_images: Optional[int] = 64  # 40 PGD steps per image
+    attack_batch: int = 32  # images attacked together (one forward and backward pass per step for all)
     attack_epsilon: float = 8 / 255
     attack_steps: int = 40
     attack_step_size: float = 2 / 255
@@ -151,8 +152,10 @@ def explain_model(module, batches: Iterable[dict], settings: Settings = Settings
         if "deletion" in checks:
             start = time.perf_counter()
             substrate = blurred(image, settings.blur_sigma)
+            ends = end_points(model, image, meta, classes, substrate, settings.chunk)
             for name, m in faithful.items():
-                result = curves(model, image, meta, classes, m, generator, substrate, settings.steps, settings.chunk)
+                result = curves(model, image, meta, classes, m, generator, substrate, settings.steps, settings.chunk,
+                                ends)  # fmt: skip
                 for kind, curve in result.items():
                     scores.add(name, f"{kind}_auc", area(curve))
                     scores.add_curve(name, kind, curve)
@@ -256,10 +259,12 @@ def attack_check(net, image: torch.Tensor, meta: torch.Tensor, settings: Setting
     """Success rate of the "this does not look like that" attack and the mean change in the
     probability of the predicted class, over the images."""
     outcomes = []
-    for i in tqdm(range(len(image)), desc="explain: ProtoPNet attack", unit="image", disable=not progress):
-        outcomes.append(attack_image(net, image[i:i + 1], meta[i:i + 1], settings.attack_epsilon,
-                                     settings.attack_steps, settings.attack_step_size, settings.normalize_mean,
-                                     settings.normalize_std, settings.seed))  # fmt: skip
+    chunk = max(1, settings.attack_batch)
+    for start in tqdm(range(0, len(image), chunk), desc="explain: ProtoPNet attack", unit="batch", disable=not progress):
+        part = slice(start, start + chunk)
+        outcomes += attack_images(net, image[part], meta[part], settings.attack_epsilon, settings.attack_steps,
+                                  settings.attack_step_size, settings.normalize_mean, settings.normalize_std,
+                                  settings.seed)  # fmt: skip
     n = len(outcomes)
     mean = lambda values: sum(values) / n if n else math.nan  # noqa: E731
     return {

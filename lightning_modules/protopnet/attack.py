@@ -9,6 +9,7 @@ Projected gradient descent with sign steps (Madry et al. 2018) on the prototype'
   77c0e99d61db882fd8c7bb0eb2ddb4e46179556b): raise the mean similarity over a rectangle of
   target cells minus the mean similarity over the cells under the clean image's high-activation
   box, from a uniform random start on the whole image, and return the last iterate;
+  ``paper_attack_batch`` runs it on many images at once;
 - ``paper_attack_improved``: the same objective with four deliberate changes (its docstring);
 - ``prototype_attack``: one cell (or the best cell), raised or lowered from the clean image.
 
@@ -275,34 +276,66 @@ def paper_attack(net: nn.Module, image: torch.Tensor, prototype: int, region_mas
     function also has a ``linear`` activation branch that uses an undefined ``max_dist``; ProtoPNet's
     ``log`` activation, the only one this network has, is what it computes. Where the reference
     draws its start from the global CUDA generator, a CPU generator seeded with ``seed`` draws it
-    here, so that a run can be repeated."""
+    here, so that a run can be repeated. Several images at once: :func:`paper_attack_batch`."""
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"image must be (1, C, H, W), got {tuple(image.shape)}")
     if region_mask.shape != image.shape[-2:]:
         raise ValueError(f"region_mask {tuple(region_mask.shape)} does not match the image {tuple(image.shape[-2:])}")
-    device, dtype = image.device, image.dtype
+    return paper_attack_batch(net, image, [prototype], region_mask[None], [target_cells], epsilon, steps, step_size,
+                              percentile, seed, mean, std)[0]  # fmt: skip
+
+
+def paper_attack_batch(net: nn.Module, images: torch.Tensor, prototypes: Sequence[int], region_masks: torch.Tensor,
+                       target_cells: Sequence[Sequence[tuple[int, int]]], epsilon: float = 8 / 255, steps: int = 40,
+                       step_size: float = 2 / 255, percentile: float = 95.0, seed: int = 0,
+                       mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+                       std: Sequence[float] = IMAGENET_DEFAULT_STD) -> list[AttackResult]:
+    """:func:`paper_attack` on ``B`` images at once, image ``i`` with its own ``prototypes[i]``,
+    ``region_masks[i]`` (``(B, H, W)``) and ``target_cells[i]``: one forward and backward pass per
+    step for the whole batch instead of one per image. The network runs in eval mode, where images
+    do not interact (BatchNorm uses its running statistics), so the gradient of the summed
+    objectives is each image's own; every image starts from the random draw that
+    :func:`paper_attack` with ``seed`` gives a single image. Each result is therefore
+    :func:`paper_attack`'s on that image, up to the float rounding of batched kernels (bit for bit
+    with one image)."""
+    b = len(images)
+    if images.dim() != 4:
+        raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
+    if len(prototypes) != b or len(target_cells) != b or tuple(region_masks.shape) != (b, *images.shape[-2:]):
+        raise ValueError(f"{b} images need {b} prototypes, {b} lists of target cells and region masks of shape "
+                         f"{(b, *images.shape[-2:])}; got {len(prototypes)}, {len(target_cells)} and "
+                         f"{tuple(region_masks.shape)}")  # fmt: skip
+    device, dtype = images.device, images.dtype
+    size = tuple(images.shape[-2:])
     mean_t = torch.as_tensor(mean, device=device, dtype=dtype)[:, None, None]
     std_t = torch.as_tensor(std, device=device, dtype=dtype)[:, None, None]
-    x = image.detach() * std_t + mean_t  # the [0, 1] picture the reference attacks
-    mask = region_mask.to(device=device, dtype=dtype)[None, None]
+    x = images.detach() * std_t + mean_t  # the [0, 1] pictures the reference attacks
+    mask = region_masks.to(device=device, dtype=dtype)[:, None]
+    rows = torch.arange(b, device=device)
+    chosen = torch.as_tensor([int(p) for p in prototypes], device=device)
 
-    def similarity_of(pixels: torch.Tensor) -> torch.Tensor:
-        return _similarity_map(net, (pixels - mean_t) / std_t, prototype)
+    def similarity_of(pixels: torch.Tensor) -> torch.Tensor:  # (B, h, w): image i's map of prototype i
+        distances = net.distances(net.latent((pixels - mean_t) / std_t))
+        return net.distance_to_similarity(distances[rows, chosen])
+
+    def objective(similarity: torch.Tensor) -> torch.Tensor:
+        terms = [_paper_terms(similarity[i], targets[i], suppressed[i]) for i in range(b)]
+        return torch.stack([raised - lowered for raised, lowered in terms]).sum()
 
     training = {m: m.training for m in net.modules()}
     net.eval()
     try:
         with torch.no_grad():
             clean = similarity_of(x)
-        targets = cell_rectangle([tuple(c) for c in target_cells], tuple(clean.shape))
-        suppressed = box_cells(clean, tuple(image.shape[-2:]), percentile)
+        grid = tuple(clean.shape[-2:])
+        targets = [cell_rectangle([tuple(c) for c in cells], grid) for cells in target_cells]
+        suppressed = [box_cells(clean[i], size, percentile) for i in range(b)]
         generator = torch.Generator().manual_seed(seed)
-        start = torch.empty(x.shape, dtype=dtype).uniform_(-epsilon, epsilon, generator=generator).to(device)
+        start = torch.empty((1, *x.shape[1:]), dtype=dtype).uniform_(-epsilon, epsilon, generator=generator).to(device)
         x_adv = torch.clamp(x + start, 0.0, 1.0)
         for _ in range(steps):
             x_adv.requires_grad_(True)
-            raised, lowered = _paper_terms(similarity_of(x_adv), targets, suppressed)
-            (grad,) = torch.autograd.grad(-(raised - lowered), x_adv)
+            (grad,) = torch.autograd.grad(-objective(similarity_of(x_adv)), x_adv)
             with torch.no_grad():
                 x_adv = x_adv - step_size * grad.sign() * mask
                 x_adv = x + torch.clamp(x_adv - x, min=-epsilon, max=epsilon) * mask
@@ -314,22 +347,25 @@ def paper_attack(net: nn.Module, image: torch.Tensor, prototype: int, region_mas
         for m, was_training in training.items():
             m.training = was_training
 
-    perturbation = x_adv - x
-    raised_before, lowered_before = _paper_terms(clean, targets, suppressed)
-    raised_after, lowered_after = _paper_terms(after, targets, suppressed)
-    return AttackResult(
-        image=((x_adv - mean_t) / std_t).detach(),
-        perturbation=perturbation,
-        similarity_before=float(raised_before),
-        similarity_after=float(raised_after),
-        cell_before=targets[0],
-        cell_after=targets[0],
-        similarity_map_before=clean,
-        similarity_map_after=after,
-        linf=float(perturbation.abs().max()),
-        l2=float(perturbation.flatten().norm()),
-        suppressed_before=float(lowered_before),
-        suppressed_after=float(lowered_after),
-        target_cells=targets,
-        suppressed_cells=suppressed,
-    )
+    results = []
+    for i in range(b):
+        perturbation = x_adv[i:i + 1] - x[i:i + 1]
+        raised_before, lowered_before = _paper_terms(clean[i], targets[i], suppressed[i])
+        raised_after, lowered_after = _paper_terms(after[i], targets[i], suppressed[i])
+        results.append(AttackResult(
+            image=((x_adv[i:i + 1] - mean_t) / std_t).detach(),
+            perturbation=perturbation,
+            similarity_before=float(raised_before),
+            similarity_after=float(raised_after),
+            cell_before=targets[i][0],
+            cell_after=targets[i][0],
+            similarity_map_before=clean[i],
+            similarity_map_after=after[i],
+            linf=float(perturbation.abs().max()),
+            l2=float(perturbation.flatten().norm()),
+            suppressed_before=float(lowered_before),
+            suppressed_after=float(lowered_after),
+            target_cells=targets[i],
+            suppressed_cells=suppressed[i],
+        ))  # fmt: skip
+    return results
