@@ -303,10 +303,10 @@ def commit() -> str:
         return "unknown"
 
 
-def gallery_markdown(figures: Sequence[Figure], out: Path, gallery: Path, command: str) -> str:
+def gallery_markdown(figures: Sequence[Figure], out: Path, gallery: Path, command: str, drawn_at: str) -> str:
     folder = Path(os.path.relpath(out, gallery.parent)).as_posix()
     lines = ["# Gallery", "",
-             f"Every picture below was drawn by `{command}` at commit `{commit()}` from the runs named under it",
+             f"Every picture below was drawn by `{command}` at commit `{drawn_at}` from the runs named under it",
              "(the synthetic data, each experiment's default configuration unless the runs say otherwise). This page",
              f"and `{folder}/` are written by that command: regenerate them rather than editing them.", ""]
     for figure in figures:
@@ -329,6 +329,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Figure]:
     overrides = [a for a in args.overrides if a != "--"]
     if args.runs is not None and overrides:
         parser.error("training overrides apply to the runs this command trains, not to those of --runs")
+    drawn_at = commit()  # before the pictures it writes make a clean checkout look "dirty"
     runs = compare_runs(args.runs, args.seed) if args.runs is not None else trained_runs(args.work, overrides)
     figures = draw(runs, args.out, args.runs)
     remove_stale(args.out, figures)
@@ -337,7 +338,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Figure]:
     plain = ["--runs", str(args.runs)] if args.runs is not None else []
     command = ("make figures" + (f" RUNS={args.runs}" if args.runs is not None else "") if given == plain
                else shlex.join(["python", "-m", "experiments.figures", *given]))
-    atomic_write(args.gallery, lambda f: f.write(gallery_markdown(figures, args.out, args.gallery, command)))
+    page = gallery_markdown(figures, args.out, args.gallery, command, drawn_at)
+    atomic_write(args.gallery, lambda f: f.write(page))
     print(f"figures: {len(figures)} pictures in {args.out}, listed in {args.gallery}")
     return figures
 

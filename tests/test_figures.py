@@ -131,9 +131,9 @@ def test_gallery_page_names_the_command_the_runs_and_the_notebook_and_its_links_
     (out / "a.png").write_bytes(b"png")
     shown = [figures.Figure("a.png", "A title", "What it shows.", ("runs/figures/metablock",), "synthetic_lesions.ipynb"),
              figures.Figure("a.png", "Without a notebook", "Caption.", ("runs/x", "runs/y"))]
-    text = figures.gallery_markdown(shown, out, page, "make figures")
+    text = figures.gallery_markdown(shown, out, page, "make figures", "abc1234")
     page.write_text(text)
-    assert "drawn by `make figures` at commit `" in text
+    assert "drawn by `make figures` at commit `abc1234`" in text
     assert "![A title](figures/a.png)" in text
     assert "From `runs/figures/metablock`. `notebooks/synthetic_lesions.ipynb` draws it too." in text
     assert "From `runs/x`, `runs/y`.\n" in text
