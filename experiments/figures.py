@@ -258,7 +258,8 @@ def draw_retrieval(gallery: Gallery, run: Path, tmp: Path, queries: int = 3) -> 
 def draw_optional(gallery: Gallery, metablock: Path, compare_dir: Optional[Path]) -> None:
     if compare_dir is not None and (compare_dir / "auroc.png").is_file():
         gallery.add("compare_auroc.png", "Every architecture: test AUROC",
-                    "`make compare`: test macro AUROC of every architecture, mean and standard deviation over seeds.",
+                    "`make compare`: test macro AUROC of every architecture, the seed-averaged score with its "
+                    "95 % patient-bootstrap interval.",
                     [compare_dir], read_png(compare_dir / "auroc.png"))
     if (metablock / "test_reliability.png").is_file():
         gallery.add("reliability.png", "MetaBlock: reliability diagram", "MetaBlock's reliability diagram on the "
